@@ -1,0 +1,1 @@
+"""Weakly supervised single-cell protein localisation for HPA immunofluorescence images."""

@@ -1,0 +1,1 @@
+"""Kaggle-layout HPA data: channels, labels, folds, atomic file writes."""

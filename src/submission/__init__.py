@@ -1,0 +1,1 @@
+"""Kaggle submission format: per-cell mask RLE codec and CSV read/write."""
