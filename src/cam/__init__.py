@@ -1,0 +1,1 @@
+"""Class activation maps and their per-cell scores."""

@@ -1,0 +1,183 @@
+"""Per-cell class confidences from image probabilities and class activation maps.
+
+The scoring follows the 15th-place solution: a class is kept for a cell when enough of
+the cell (or of its nucleus) is activated, and the confidence combines the image
+probability with the activation inside the cell (``conf_how``). A cell with no kept
+class is Negative with a confidence that grows as its activation vanishes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from src.data.classes import NEGATIVE, NUM_CLASSES
+
+CONF_HOWS = ("max", "mean", "cam_rate", "cam_rate_mean")
+
+
+@dataclass(frozen=True)
+class CellScoreConfig:
+    """Thresholds of the per-cell scoring (defaults are the 15th-place solution's)."""
+
+    conf_how: str = "cam_rate_mean"
+    min_image_prob: float = 0.01  # classes below this image probability are not considered
+    cam_rate_thresh: float = 0.1  # keep a class when this fraction of the cell has CAM > 0 ...
+    cam_high_value: float = 0.75
+    cam_high_rate_thresh: float = 0.04  # ... or this fraction has CAM >= cam_high_value
+    min_green_mean: float = 1.0  # cells darker than this in the protein channel are Negative
+    min_cell_fraction: float = 0.0  # cells smaller than (side * fraction)^2 pixels are left out (reference: 0.01)
+    negative_scale: float = 0.75
+
+    def __post_init__(self) -> None:
+        if self.conf_how not in CONF_HOWS:
+            raise ValueError(f"conf_how must be one of {CONF_HOWS}, got {self.conf_how!r}")
+
+
+@dataclass
+class CellStats:
+    """Per-cell, per-class activation statistics.
+
+    Attributes:
+        cell_ids: (K,) ids of the scored cells.
+        cam_max: (K, C) max CAM inside each cell.
+        cam_mean_pos: (K, C) mean of the positive CAM values inside each cell (0 when none).
+        cam_rate: (K, C) fraction of cell pixels with CAM > 0 (max of cell and nucleus).
+        cam_high_rate: (K, C) fraction with CAM >= cam_high_value (max of cell and nucleus).
+        green_mean: (K,) mean protein-channel intensity of each cell.
+        area: (K,) cell area in pixels.
+    """
+
+    cell_ids: np.ndarray
+    cam_max: np.ndarray
+    cam_mean_pos: np.ndarray
+    cam_rate: np.ndarray
+    cam_high_rate: np.ndarray
+    green_mean: np.ndarray
+    area: np.ndarray
+
+
+def _segment_stats(labels: np.ndarray, cam: np.ndarray, cam_high_value: float, num_ids: int):
+    """Per-label sums over pixels: counts, positive counts, high counts, positive sums, max.
+
+    Args:
+        labels: (P,) int label of each pixel (0 = background).
+        cam: (C, P) activations of each pixel.
+        num_ids: labels lie in 0..num_ids-1.
+
+    Returns:
+        area (num_ids,), pos (C, num_ids), high (C, num_ids), pos_sum (C, num_ids), max (C, num_ids).
+    """
+    area = np.bincount(labels, minlength=num_ids).astype(np.float64)
+    num_classes = cam.shape[0]
+    offsets = (np.arange(num_classes)[:, None] * num_ids + labels[None, :]).ravel()
+    size = num_classes * num_ids
+    positive = (cam > 0).ravel()
+    pos = np.bincount(offsets, weights=positive, minlength=size).reshape(num_classes, num_ids)
+    high = np.bincount(offsets, weights=(cam >= cam_high_value).ravel(), minlength=size).reshape(num_classes, num_ids)
+    pos_sum = np.bincount(offsets, weights=np.where(positive, cam.ravel(), 0.0), minlength=size)
+    cam_max = np.zeros(size, dtype=np.float64)
+    np.maximum.at(cam_max, offsets, cam.ravel())
+    return area, pos, high, pos_sum.reshape(num_classes, num_ids), cam_max.reshape(num_classes, num_ids)
+
+
+def cell_cam_stats(
+    cams: np.ndarray,
+    cell_mask: np.ndarray,
+    nuclei_mask: np.ndarray,
+    green: np.ndarray,
+    config: CellScoreConfig = CellScoreConfig(),
+) -> CellStats:
+    """Activation statistics of every cell large enough to score.
+
+    Args:
+        cams: (C, H, W) float class activation maps in [0, 1], same size as the masks.
+        cell_mask: (H, W) uint16 cell instance labels.
+        nuclei_mask: (H, W) uint16 nucleus labels (nucleus of cell k has id k).
+        green: (H, W) protein channel at the same size (any numeric type, 0..255 scale).
+        config: thresholds.
+    """
+    if cams.shape[1:] != cell_mask.shape or cell_mask.shape != nuclei_mask.shape or green.shape != cell_mask.shape:
+        raise ValueError(
+            f"shape mismatch: cams {cams.shape}, cell_mask {cell_mask.shape}, "
+            f"nuclei_mask {nuclei_mask.shape}, green {green.shape}"
+        )
+    num_ids = int(cell_mask.max()) + 1
+    num_ids = max(num_ids, int(nuclei_mask.max()) + 1)
+    cells = cell_mask.ravel().astype(np.int64)
+    flat_cams = cams.reshape(cams.shape[0], -1)
+    area, pos, high, pos_sum, cam_max = _segment_stats(cells, flat_cams, config.cam_high_value, num_ids)
+    nuclei = nuclei_mask.ravel().astype(np.int64)
+    nuc_area, nuc_pos, nuc_high, _, _ = _segment_stats(nuclei, flat_cams, config.cam_high_value, num_ids)
+    green_sum = np.bincount(cells, weights=green.ravel().astype(np.float64), minlength=num_ids)
+
+    side = max(cell_mask.shape)
+    min_area = (side * config.min_cell_fraction) ** 2
+    cell_ids = np.flatnonzero(area >= max(min_area, 1))
+    cell_ids = cell_ids[cell_ids > 0]
+    a = area[cell_ids]
+    na = np.maximum(nuc_area[cell_ids], 1)
+    has_nucleus = nuc_area[cell_ids] > 0
+    rate = np.maximum(pos[:, cell_ids] / a, np.where(has_nucleus, nuc_pos[:, cell_ids] / na, 0))
+    high_rate = np.maximum(high[:, cell_ids] / a, np.where(has_nucleus, nuc_high[:, cell_ids] / na, 0))
+    mean_pos = pos_sum[:, cell_ids] / np.maximum(pos[:, cell_ids], 1)
+    return CellStats(
+        cell_ids=cell_ids,
+        cam_max=cam_max[:, cell_ids].T,
+        cam_mean_pos=mean_pos.T,
+        cam_rate=rate.T,
+        cam_high_rate=high_rate.T,
+        green_mean=green_sum[cell_ids] / a,
+        area=a,
+    )
+
+
+def score_cells(
+    image_probs: np.ndarray,
+    cams: np.ndarray,
+    cell_mask: np.ndarray,
+    nuclei_mask: np.ndarray,
+    green: np.ndarray,
+    config: CellScoreConfig = CellScoreConfig(),
+) -> dict[int, dict[int, float]]:
+    """Confidences ``{cell_id: {class_id: confidence}}`` for every scored cell.
+
+    Args:
+        image_probs: (19,) image-level probabilities (or the true 0/1 labels for pseudo labels).
+        cams: (19, H, W) class activation maps, each class divided by its maximum, at mask size.
+        cell_mask: (H, W) cell instance labels; nuclei_mask: (H, W) nucleus labels.
+        green: (H, W) protein channel at mask size.
+        config: thresholds and ``conf_how``.
+
+    Every cell at least ``min_cell_fraction`` in size gets at least one class; a cell darker
+    than ``min_green_mean`` in the protein channel is Negative.
+    """
+    if image_probs.shape != (NUM_CLASSES,) or cams.shape[0] != NUM_CLASSES:
+        raise ValueError(
+            f"expected ({NUM_CLASSES},) probabilities and {NUM_CLASSES} CAMs, got {image_probs.shape}, {cams.shape}"
+        )
+    stats = cell_cam_stats(cams, cell_mask, nuclei_mask, green, config)
+    considered = np.flatnonzero(image_probs >= config.min_image_prob)
+    considered = considered[considered != NEGATIVE]
+    probs = image_probs[considered][None, :]
+    rate = stats.cam_rate[:, considered]
+    confidence = {
+        "max": probs * stats.cam_max[:, considered],
+        "mean": probs * stats.cam_mean_pos[:, considered],
+        "cam_rate": probs * stats.cam_max[:, considered] * rate,
+        "cam_rate_mean": probs * stats.cam_mean_pos[:, considered] * rate,
+    }[config.conf_how]
+    keep = (rate >= config.cam_rate_thresh) | (stats.cam_high_rate[:, considered] >= config.cam_high_rate_thresh)
+    bright = stats.green_mean >= config.min_green_mean
+
+    scores: dict[int, dict[int, float]] = {}
+    for row, cell_id in enumerate(stats.cell_ids):
+        kept = np.flatnonzero(keep[row]) if bright[row] else []
+        if len(kept):
+            scores[int(cell_id)] = {int(considered[k]): float(confidence[row, k]) for k in kept}
+        else:
+            inactive = np.median(1.0 - rate[row]) if rate.shape[1] and bright[row] else 1.0
+            weight = max(1e-6, (inactive - 0.9) / 0.1)
+            scores[int(cell_id)] = {NEGATIVE: config.negative_scale * weight}
+    return scores

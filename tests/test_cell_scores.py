@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from src.cam.cell_scores import CellScoreConfig, cell_cam_stats, score_cells
+from src.data.classes import NEGATIVE, NUM_CLASSES
+
+
+def _two_cells(size: int = 64):
+    cell_mask = np.zeros((size, size), np.uint16)
+    cell_mask[4:30, 4:30] = 1
+    cell_mask[34:60, 34:60] = 2
+    nuclei_mask = np.zeros_like(cell_mask)
+    nuclei_mask[12:22, 12:22] = 1
+    nuclei_mask[42:52, 42:52] = 2
+    green = np.full((size, size), 50, np.uint8)
+    return cell_mask, nuclei_mask, green
+
+
+def test_activation_inside_one_cell_labels_only_that_cell():
+    cell_mask, nuclei_mask, green = _two_cells()
+    cams = np.zeros((NUM_CLASSES, 64, 64), np.float32)
+    cams[7, 4:30, 4:30] = 1.0  # Golgi active over the whole of cell 1
+    probs = np.zeros(NUM_CLASSES, np.float32)
+    probs[7] = 0.8
+    scores = score_cells(probs, cams, cell_mask, nuclei_mask, green, CellScoreConfig(conf_how="max"))
+    assert scores[1] == {7: pytest.approx(0.8)}
+    assert list(scores[2]) == [NEGATIVE]
+    assert scores[2][NEGATIVE] == pytest.approx(0.75)
+
+
+def test_conf_how_cam_rate_mean_multiplies_mean_and_rate():
+    cell_mask, nuclei_mask, green = _two_cells()
+    cams = np.zeros((NUM_CLASSES, 64, 64), np.float32)
+    cams[0, 4:17, 4:30] = 0.5  # half of cell 1 (13 of 26 rows) at 0.5
+    probs = np.zeros(NUM_CLASSES, np.float32)
+    probs[0] = 1.0
+    stats = cell_cam_stats(cams, cell_mask, nuclei_mask, green)
+    row = list(stats.cell_ids).index(1)
+    # the nucleus (rows 12..21) is 5 of 10 rows activated: cell and nucleus rates are both 0.5
+    assert stats.cam_rate[row, 0] == pytest.approx(0.5)
+    assert stats.cam_mean_pos[row, 0] == pytest.approx(0.5)
+    scores = score_cells(probs, cams, cell_mask, nuclei_mask, green, CellScoreConfig(conf_how="cam_rate_mean"))
+    assert scores[1] == {0: pytest.approx(1.0 * 0.5 * 0.5)}
+
+
+def test_nucleus_rate_rescues_class_active_only_in_nucleus():
+    cell_mask, nuclei_mask, green = _two_cells()
+    cams = np.zeros((NUM_CLASSES, 64, 64), np.float32)
+    cams[2, 42:52, 42:52] = 1.0  # nucleoli signal: whole nucleus of cell 2, 100/676 of the cell
+    probs = np.zeros(NUM_CLASSES, np.float32)
+    probs[2] = 0.5
+    config = CellScoreConfig(conf_how="max", cam_rate_thresh=0.5, cam_high_rate_thresh=1.1)
+    scores = score_cells(probs, cams, cell_mask, nuclei_mask, green, config)
+    assert scores[2] == {2: pytest.approx(0.5)}
+
+
+def test_dark_cell_is_negative_even_when_activated():
+    cell_mask, nuclei_mask, green = _two_cells()
+    green[34:60, 34:60] = 0
+    cams = np.ones((NUM_CLASSES, 64, 64), np.float32)
+    probs = np.full(NUM_CLASSES, 0.9, np.float32)
+    scores = score_cells(probs, cams, cell_mask, nuclei_mask, green)
+    assert list(scores[2]) == [NEGATIVE]
+    assert NEGATIVE not in scores[1] and len(scores[1]) == NUM_CLASSES - 1
+
+
+def test_unknown_conf_how_is_rejected():
+    with pytest.raises(ValueError, match="conf_how"):
+        CellScoreConfig(conf_how="median")
