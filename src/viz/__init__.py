@@ -1,0 +1,1 @@
+"""Pictures: HPA-style display of four-channel images."""
