@@ -1,0 +1,1 @@
+"""Training: the LightningModule, the HPA DataModule with its image cache, and augmentations."""

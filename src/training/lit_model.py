@@ -1,0 +1,198 @@
+"""The LightningModule of every training stage: it receives a network and a loss and holds the steps,
+validation metrics, optimiser and schedule.
+
+The network maps normalised (N, C, H, W) images to a dict with ``logits``; the loss maps
+(outputs, batch) to a dict of terms with ``loss``. Classification validation reports macro
+mAP and macro F1 over the image labels; other targets (masks) report the loss only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import yaml
+from sklearn.metrics import average_precision_score, f1_score
+from torch import nn
+
+from src.models.factory import build_network
+from src.models.losses import add_puzzle_cam_outputs, build_criterion
+from src.models.preprocess import normalize_images
+
+logger = logging.getLogger(__name__)
+
+OPTIM_NAMES = ("sgd", "adam")
+HP_METRICS = {"val/mAP": 0.0, "val/F1": 0.0, "val/loss": 0.0}
+
+
+def macro_average_precision(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over classes with at least one positive of sklearn's average precision; (N, C) inputs."""
+    present = targets.sum(axis=0) > 0
+    if not present.any():
+        return float("nan")
+    return float(np.mean([average_precision_score(targets[:, c], probs[:, c]) for c in np.flatnonzero(present)]))
+
+
+def macro_f1(probs: np.ndarray, targets: np.ndarray, threshold: float = 0.5) -> float:
+    """Macro F1 at ``threshold`` over classes that occur in the targets or the predictions; (N, C) inputs."""
+    predicted = probs >= threshold
+    used = (targets.sum(axis=0) > 0) | predicted.any(axis=0)
+    if not used.any():
+        return float("nan")
+    return float(f1_score(targets[:, used] > 0.5, predicted[:, used], average="macro", zero_division=0))
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_ratio: float = 0.1) -> float:
+    """Learning-rate factor: linear from ~0 to 1 over the first ``warmup_ratio`` of steps, then cosine to 0."""
+    warmup = max(1, int(total_steps * warmup_ratio))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LitModel(pl.LightningModule):
+    """Training wrapper around a network and a loss.
+
+    Args:
+        network: the nn.Module to train; None builds it from the hyperparameters
+            (:func:`src.models.factory.build_network`), as checkpoint loading does.
+        criterion: the loss module; None builds it from the hyperparameters.
+        **hparams: the run's resolved arguments (``lr``, ``optim_name``, ``weight_decay``,
+            ``warmup_ratio``, ``puzzle_cam``...); saved to the checkpoint and hparams.yaml.
+    """
+
+    def __init__(self, network: nn.Module | None = None, criterion: nn.Module | None = None, **hparams: Any):
+        super().__init__()
+        self.save_hyperparameters(hparams)
+        self.network = network if network is not None else build_network(self.hparams)
+        self.criterion = criterion if criterion is not None else build_criterion(self.hparams)
+        self._val_probs: list[torch.Tensor] = []
+        self._val_targets: list[torch.Tensor] = []
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised (N, C, H, W) float images -> network outputs."""
+        return self.network(images)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        images = batch["image"]
+        if images.dtype == torch.uint8:
+            images = normalize_images(images)
+        if images.is_cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        batch["image"] = images
+        return batch
+
+    def setup(self, stage: str) -> None:
+        # channels_last before the strategy moves and wraps the network (DDP buckets keep this layout)
+        if self.trainer.strategy.root_device.type == "cuda":
+            self.network.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
+        # Declares the metrics of TensorBoard's HPARAMS tab; later val/* values fill it in.
+        if self.logger is not None:
+            self.logger.log_hyperparams(self.hparams, HP_METRICS)
+
+    def _step(self, batch: dict[str, Any], train: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        outputs = self.network(batch["image"])
+        if train and self.hparams.get("puzzle_cam", False):
+            add_puzzle_cam_outputs(
+                self.network, batch["image"], outputs, float(self.hparams.get("puzzle_loss_weight", 1.0))
+            )
+        return outputs, self.criterion(outputs, batch)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        _, terms = self._step(batch, train=True)
+        size = batch["image"].shape[0]
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=size, sync_dist=False)
+        for name, value in terms.items():
+            if name != "loss":
+                self.log(f"train/{name}", value, batch_size=size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=size)
+        return terms["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        outputs, terms = self._step(batch, train=False)
+        size = batch["image"].shape[0]
+        for name, value in terms.items():
+            self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=size, sync_dist=True)
+        if outputs["logits"].ndim == 2:
+            self._val_probs.append(torch.sigmoid(outputs["logits"].float()).detach())
+            self._val_targets.append(batch["target"].detach())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_probs:
+            return
+        probs, targets = torch.cat(self._val_probs), torch.cat(self._val_targets)
+        self._val_probs.clear()
+        self._val_targets.clear()
+        if self.trainer.world_size > 1:
+            probs = self.all_gather(probs).flatten(0, 1)
+            targets = self.all_gather(targets).flatten(0, 1)
+        probs_np, targets_np = probs.cpu().numpy(), targets.cpu().numpy()
+        # every rank holds the gathered arrays: the synced mean is that same value
+        self.log("val/mAP", macro_average_precision(probs_np, targets_np), prog_bar=True, sync_dist=True)
+        self.log("val/F1", macro_f1(probs_np, targets_np), sync_dist=True)
+
+    def configure_optimizers(self):
+        name = self.hparams.get("optim_name", "sgd")
+        lr = float(self.hparams.get("lr", 0.1))
+        weight_decay = float(self.hparams.get("weight_decay", 4e-5))
+        if name == "sgd":
+            optimizer = torch.optim.SGD(self.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+        elif name == "adam":
+            optimizer = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
+        else:
+            raise ValueError(f"--optim_name must be one of {OPTIM_NAMES}, got {name!r}")
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup_ratio = float(self.hparams.get("warmup_ratio", 0.1))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, total_steps, warmup_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def read_checkpoint_hparams(checkpoint_path: str | os.PathLike) -> dict[str, Any]:
+    """Hyperparameters of a run: its ``hparams.yaml`` beside ``checkpoints/`` when present, else the checkpoint's own.
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist.
+        ValueError: neither source holds hyperparameters.
+    """
+    checkpoint_path = Path(checkpoint_path)
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint_path}")
+    yaml_path = checkpoint_path.parent.parent / "hparams.yaml"
+    if yaml_path.is_file():
+        with open(yaml_path) as handle:
+            hparams = yaml.safe_load(handle)
+        if isinstance(hparams, dict) and hparams:
+            return hparams
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+    if not hparams:
+        raise ValueError(f"{checkpoint_path}: no hyperparameters in the checkpoint and no {yaml_path}")
+    return dict(hparams)
+
+
+def load_trained_pl_model(
+    model_class: type[LitModel], checkpoint_path: str | os.PathLike, only_load_yaml: bool = False
+) -> tuple[LitModel | None, dict[str, Any]]:
+    """Load a trained run: (model in eval mode on CPU, or None with ``only_load_yaml``; hyperparameters dict).
+
+    The hyperparameters come from the run's ``hparams.yaml`` (or the checkpoint); the model is
+    rebuilt from the checkpoint's own hyperparameters and its weights loaded strictly.
+    """
+    hparams = read_checkpoint_hparams(checkpoint_path)
+    if only_load_yaml:
+        return None, hparams
+    model = model_class.load_from_checkpoint(str(checkpoint_path), map_location="cpu", weights_only=False)
+    model.eval()
+    return model, dict(model.hparams)

@@ -1,0 +1,257 @@
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import run_classification
+from src.data.io import read_rgby, resize_image
+from src.training.datamodule import HPADataModule, cache_file
+from src.training.lit_model import LitModel, load_trained_pl_model, macro_average_precision, warmup_cosine
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = (0, 2, 7, 14)
+
+
+def write_kaggle_data(root: Path, num_images: int = 20, size: int = 64) -> Path:
+    """Kaggle layout with class-dependent green bands: class CLASSES[k] lights the k-th horizontal quarter."""
+    rng = np.random.default_rng(0)
+    (root / "train").mkdir(parents=True)
+    rows = []
+    for index in range(num_images):
+        labels = sorted(rng.choice(CLASSES, size=rng.integers(1, 3), replace=False).tolist())
+        image = rng.integers(0, 30, (4, size, size)).astype(np.uint8)
+        for class_id in labels:
+            quarter = CLASSES.index(class_id)
+            image[1, quarter * size // 4 : (quarter + 1) * size // 4] += 150
+        for channel, name in enumerate(("red", "green", "blue", "yellow")):
+            cv2.imwrite(str(root / "train" / f"img{index:03d}_{name}.png"), image[channel])
+        rows.append(f"img{index:03d},{'|'.join(map(str, labels))}")
+    (root / "train.csv").write_text("ID,Label\n" + "\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def kaggle_data(tmp_path_factory) -> Path:
+    return write_kaggle_data(tmp_path_factory.mktemp("hpa") / "data")
+
+
+def train_args(data_dir: Path, root_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--data_dir", str(data_dir), "--timm_model_name", "test_resnet", "--input_size", "64", "--batch_size", "4",
+        "--num_workers", "0", "--max_epochs", "1", "--accelerator", "cpu", "--lr", "0.05",
+        "--log_every_n_steps", "1", "--default_root_dir", str(root_dir), *extra,
+    ]  # fmt: skip
+
+
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def round0_run(kaggle_data, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("round0")
+    run_script("run_classification.py", *train_args(kaggle_data, root, "--precision", "16"))
+    return root / "lightning_logs" / "version_0"
+
+
+def test_round0_writes_best_and_last_checkpoints_and_hparams(round0_run):
+    names = sorted(p.name for p in (round0_run / "checkpoints").iterdir())
+    assert names == ["epoch-0-step-4.ckpt", "last.ckpt"]
+    hparams = yaml.safe_load((round0_run / "hparams.yaml").read_text())
+    assert hparams["timm_model_name"] == "test_resnet" and hparams["round_nb"] == 0
+    assert hparams["precision"] == "32-true"  # 16-mixed asked for on CPU falls back to 32 with a warning
+
+
+def test_hparams_and_final_val_metrics_reach_tensorboard(round0_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(next(round0_run.glob("events.out.tfevents.*"))))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert {m.name.tag for m in experiment.metric_infos} == {"val/mAP", "val/F1", "val/loss"}
+    assert session.hparams["timm_model_name"].string_value == "test_resnet"
+    assert session.hparams["lr"].number_value == pytest.approx(0.05)
+    final_map = events.Scalars("val/mAP")[-1]
+    assert final_map.step > 0 and 0.0 < final_map.value <= 1.0
+    assert {"train/loss", "val/loss", "val/F1"} <= set(events.Tags()["scalars"])
+
+
+def test_load_trained_pl_model_round_trip(round0_run):
+    checkpoint_path = round0_run / "checkpoints" / "last.ckpt"
+    model, hparams = load_trained_pl_model(LitModel, checkpoint_path)
+    assert hparams["timm_model_name"] == "test_resnet" and not model.training
+    saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["state_dict"]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, saved[key])
+    none_model, yaml_hparams = load_trained_pl_model(LitModel, checkpoint_path, only_load_yaml=True)
+    assert none_model is None and yaml_hparams["input_size"] == 64
+
+
+def test_sccam_chain_round0_to_round1_through_scripts(round0_run, kaggle_data, tmp_path):
+    checkpoint = str(round0_run / "checkpoints" / "last.ckpt")
+    save_folder = tmp_path / "save_uni"
+    run_script("extract_feature.py", "--weights", checkpoint, "--save_folder", str(save_folder), "--num_workers", "0")
+    features = np.load(save_folder / "feature" / "R0_feature.npy")
+    assert features.shape[0] == 20 and np.isfinite(features).all()
+    run_script(
+        "create_pseudo_label.py",
+        "--save_folder",
+        str(save_folder),
+        "--for_round_nb",
+        "1",
+        "--k_cluster",
+        "3",
+        "--is_scale_feature",
+    )
+    assert (save_folder / "label" / "R1_sub_label.csv").is_file()
+    root = tmp_path / "round1"
+    run_script(
+        "run_classification.py",
+        *train_args(
+            kaggle_data, root, "--round_nb", "1", "--sub_label_dir", str(save_folder), "--ckpt_path", checkpoint
+        ),
+    )
+    model, hparams = load_trained_pl_model(
+        LitModel, root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    )
+    assert hparams["round_nb"] == 1 and hparams["k_cluster"] == 3
+    assert model.network.sub_classifier.weight.shape[0] == 19 * 3
+
+
+def test_checkpoint_with_other_input_channels_fails_before_training(round0_run, kaggle_data, tmp_path):
+    args = run_classification.parse_args(
+        train_args(
+            kaggle_data, tmp_path, "--num_inchannels", "3", "--ckpt_path", str(round0_run / "checkpoints" / "last.ckpt")
+        )
+    )
+    with pytest.raises(ValueError, match="num_inchannels=4 but this run asks for 3"):
+        run_classification.main(args)
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_data_dir_without_train_csv_fails_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no train.csv"):
+        run_classification.main(run_classification.parse_args(train_args(tmp_path, tmp_path)))
+
+
+def test_round1_without_sub_labels_for_every_image_fails(kaggle_data, tmp_path):
+    label_dir = tmp_path / "save" / "label"
+    label_dir.mkdir(parents=True)
+    (label_dir / "R1_sub_label.csv").write_text("ID,sub_labels\nimg000,0\n")
+    (label_dir / "R1_sub_label.yaml").write_text("k_cluster: 2\n")
+    args = run_classification.parse_args(
+        train_args(kaggle_data, tmp_path, "--round_nb", "1", "--sub_label_dir", str(tmp_path / "save"))
+    )
+    with pytest.raises(ValueError, match="lacks 19 of 20 images"):
+        run_classification.main(args)
+
+
+def test_precision_16_maps_to_mixed_and_falls_back_on_cpu(kaggle_data, tmp_path):
+    args = run_classification.parse_args(train_args(kaggle_data, tmp_path, "--precision", "16"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_classification.resolve_trainer_args(args)
+    assert args.precision == "32-true" and any("needs a GPU" in str(w.message) for w in caught)
+
+
+def test_image_cache_is_built_once_and_matches_the_resized_original(kaggle_data, tmp_path):
+    datamodule = HPADataModule(kaggle_data, input_size=32, cache_dir=tmp_path / "cache", batch_size=4, num_workers=0)
+    datamodule.prepare_data()
+    cached = cache_file(tmp_path / "cache", "train", "img003")
+    first_write = cached.stat().st_mtime_ns
+    datamodule.prepare_data()
+    assert cached.stat().st_mtime_ns == first_write
+    assert len(list((tmp_path / "cache" / "train").glob("*.png"))) == 20
+    np.testing.assert_array_equal(
+        cv2.imread(str(cached), cv2.IMREAD_UNCHANGED), resize_image(read_rgby(kaggle_data, "img003"), 32)
+    )
+
+
+def test_batches_are_uint8_images_with_multihot_targets_and_disjoint_folds(kaggle_data, tmp_path):
+    datamodule = HPADataModule(
+        kaggle_data, input_size=32, cache_dir=tmp_path / "cache", batch_size=4, num_workers=0, in_chans=3
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (4, 3, 32, 32)
+    assert batch["target"].shape == (4, 19) and set(batch["target"].sum(dim=0).nonzero().flatten().tolist()) <= set(
+        CLASSES
+    )
+    train_ids = {datamodule.train_set[i]["id"] for i in range(len(datamodule.train_set))}
+    val_ids = {datamodule.val_set[i]["id"] for i in range(len(datamodule.val_set))}
+    assert not train_ids & val_ids and len(train_ids | val_ids) == 20
+
+
+def test_mask_target_is_augmented_together_with_the_image(kaggle_data, tmp_path):
+    def green_band_mask(image_id: str, shape: tuple[int, int]) -> np.ndarray:
+        green = resize_image(read_rgby(kaggle_data, image_id), shape[::-1])[..., 1]
+        return (green > 100).astype(np.float32)[..., None]
+
+    datamodule = HPADataModule(
+        kaggle_data, input_size=64, cache_dir=tmp_path / "cache", num_workers=0, aug_mode=2, mask_reader=green_band_mask
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    for index in range(6):
+        sample = datamodule.train_set[index]
+        assert sample["target"].shape == (1, 64, 64)
+        torch.testing.assert_close(sample["target"][0], (sample["image"][1] > 100).float())
+
+
+def test_extra_data_rows_of_the_mode_join_training_only(kaggle_data, tmp_path):
+    ext_dir = tmp_path / "extra"
+    (ext_dir / "publichpa").mkdir(parents=True)
+    for image_id in ("ext1", "ext2"):
+        for channel in ("red", "green", "blue", "yellow"):
+            cv2.imwrite(str(ext_dir / "publichpa" / f"{image_id}_{channel}.png"), np.full((80, 80), 60, np.uint8))
+    csv = tmp_path / "extra.csv"
+    csv.write_text(
+        "ID,Label_idx,dir,file_ext,isin_dataset,in_trainset\n"
+        "ext1,3|5,publichpa,png,True,False\next2,4,publichpa,png,True,False\next3,4,publichpa,png,False,False\n"
+        "img001,2,publichpa,png,True,True\n"
+    )
+    datamodule = HPADataModule(
+        kaggle_data, input_size=32, cache_dir=tmp_path / "cache", num_workers=0,
+        use_ext_data=True, ext_data_csv=csv, ext_data_dir=ext_dir, ext_data_mode=0,
+    )  # fmt: skip
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    train_ids = [datamodule.train_set[i]["id"] for i in range(len(datamodule.train_set))]
+    val_ids = [datamodule.val_set[i]["id"] for i in range(len(datamodule.val_set))]
+    assert {"ext1", "ext2"} <= set(train_ids) and "ext3" not in train_ids and not {"ext1", "ext2"} & set(val_ids)
+    assert len(train_ids) + len(val_ids) == 22
+    sample = datamodule.train_set[train_ids.index("ext1")]
+    assert sample["target"].nonzero().flatten().tolist() == [3, 5] and sample["image"].shape == (4, 32, 32)
+
+
+def test_warmup_is_linear_then_cosine_reaches_zero():
+    factors = [warmup_cosine(step, 100, 0.1) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:], strict=False))
+    assert warmup_cosine(100, 100, 0.1) == pytest.approx(0.0)
+
+
+def test_macro_average_precision_skips_absent_classes():
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], dtype=np.float32)
+    probs = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5], [0.7, 0.6, 0.5]])
+    assert macro_average_precision(probs, targets) == pytest.approx(1.0)
+
+
+def test_ddp_on_two_cpu_processes_writes_one_checkpoint_set(kaggle_data, tmp_path):
+    run_script("run_classification.py", *train_args(kaggle_data, tmp_path, "--devices", "2", "--strategy", "ddp"))
+    versions = list((tmp_path / "lightning_logs").iterdir())
+    assert [v.name for v in versions] == ["version_0"]
+    assert sorted(p.name for p in (versions[0] / "checkpoints").iterdir()) == ["epoch-0-step-2.ckpt", "last.ckpt"]
+    assert len(list(tmp_path.rglob("hparams.yaml"))) == 1
