@@ -21,7 +21,9 @@ from src.data.classes import CHANNELS, NUM_CLASSES
 _JPG_PLANES_BGR = {"red": (2,), "green": (1,), "blue": (0,), "yellow": (2, 1)}
 
 
-def channel_path(data_dir: str | os.PathLike, image_id: str, channel: str, split: str = "train", ext: str = "png") -> Path:
+def channel_path(
+    data_dir: str | os.PathLike, image_id: str, channel: str, split: str = "train", ext: str = "png"
+) -> Path:
     """Path of one channel file; ``split`` may be '' for a flat folder."""
     return Path(data_dir) / split / f"{image_id}_{channel}.{ext}"
 
@@ -99,7 +101,7 @@ def parse_label(label: object, where: str) -> list[int]:
     if not text:
         raise ValueError(f"{where}: empty label")
     try:
-        ids = [int(float(tok)) for tok in text.split("|")]
+        ids = [int(tok) for tok in text.split("|")]  # strict: '1.5' or 'inf' is an error, not class 1
     except ValueError:
         raise ValueError(f"{where}: label {text!r} is not '|'-joined class ids") from None
     bad = [i for i in ids if not 0 <= i < NUM_CLASSES]

@@ -9,6 +9,8 @@ the Fortran-ordered uint8 cell mask.
 from __future__ import annotations
 
 import base64
+import binascii
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -32,9 +34,56 @@ def encode_binary_mask(mask: np.ndarray) -> str:
     return base64.b64encode(zlib.compress(rle["counts"], zlib.Z_BEST_COMPRESSION)).decode("ascii")
 
 
+def _coco_counts_string(encoded: str) -> bytes:
+    """The pycocotools compressed counts string inside an ascii RLE; ValueError when it is not one."""
+    try:
+        return zlib.decompress(base64.b64decode(encoded, validate=True))
+    except (binascii.Error, zlib.error, ValueError) as error:
+        raise ValueError(f"invalid RLE string {encoded[:40]!r}: {error}") from None
+
+
+def decode_rle_counts(encoded: str) -> np.ndarray:
+    """Run lengths of an ascii RLE: background, foreground, background, ... in Fortran order.
+
+    Vectorised reading of the pycocotools compressed counts string (6-bit characters
+    from '0', 5 data bits with a continuation bit, sign bit in the last character,
+    counts from the third on stored as the difference to the count two before).
+
+    Returns:
+        (K,) int64 run lengths; they sum to H * W of the encoded mask.
+    """
+    chars = np.frombuffer(_coco_counts_string(encoded), dtype=np.uint8).astype(np.int64) - 48
+    if chars.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if chars.min() < 0 or chars.max() > 63 or chars[-1] & 0x20:
+        raise ValueError(f"invalid RLE string {encoded[:40]!r}: malformed counts")
+    ends = np.flatnonzero((chars & 0x20) == 0)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    if lengths.max() > 12:
+        raise ValueError(f"invalid RLE string {encoded[:40]!r}: count too large")
+    position = np.arange(chars.size) - np.repeat(starts, lengths)
+    values = np.add.reduceat((chars & 0x1F) << (5 * position), starts)
+    negative = (chars[ends] & 0x10) != 0
+    values[negative] -= np.int64(1) << (5 * lengths[negative])
+    counts = values.copy()
+    counts[1::2] = np.cumsum(values[1::2])
+    counts[2::2] = np.cumsum(values[2::2])
+    if counts.min() < 0:
+        raise ValueError(f"invalid RLE string {encoded[:40]!r}: negative run length")
+    return counts
+
+
 def decode_binary_mask(encoded: str, height: int, width: int) -> np.ndarray:
-    """Inverse of ``encode_binary_mask``: an (H, W) bool mask."""
-    counts = zlib.decompress(base64.b64decode(encoded))
+    """Inverse of ``encode_binary_mask``: an (H, W) bool mask.
+
+    Raises ValueError when the string is not an RLE or encodes a mask of another size
+    (pycocotools alone silently fills a too-short RLE with foreground).
+    """
+    total = int(decode_rle_counts(encoded).sum())
+    if total != height * width:
+        raise ValueError(f"RLE encodes {total} pixels, not {height}x{width} = {height * width}")
+    counts = _coco_counts_string(encoded)
     return coco_mask.decode({"size": [height, width], "counts": counts}).astype(bool)
 
 
@@ -64,7 +113,11 @@ def parse_prediction_string(text: object, where: str = "PredictionString") -> li
         try:
             class_id, confidence = int(class_tok), float(conf_tok)
         except ValueError:
-            raise ValueError(f"{where}: triplet {index // 3} has class {class_tok!r} and confidence {conf_tok!r}") from None
+            raise ValueError(
+                f"{where}: triplet {index // 3} has class {class_tok!r} and confidence {conf_tok!r}"
+            ) from None
+        if not math.isfinite(confidence):
+            raise ValueError(f"{where}: triplet {index // 3} has non-finite confidence {conf_tok!r}")
         if not 0 <= class_id < NUM_CLASSES:
             raise ValueError(f"{where}: triplet {index // 3} has class {class_id} outside 0..{NUM_CLASSES - 1}")
         predictions.append(CellPrediction(class_id, confidence, rle))

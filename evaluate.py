@@ -1,0 +1,98 @@
+"""Score a Kaggle HPA submission per cell against per-cell truth (single-cell mAP at IoU >= 0.6).
+
+    python evaluate.py --submission SUB.csv --truth_dir data/synthetic/truth \
+        [--split_csv data/synthetic/sample_submission.csv] [--json OUT.json] [--floor]
+
+Prints one AP column per scored submission (class id, name, truth cells, AP) and the mAP.
+``--floor`` adds the image-label floor: every truth cell given all of its image's labels at
+confidence 1 (works without ``--submission``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from src.data.atomic import write_text_atomic
+from src.metrics import evaluate_submission, format_ap_table, image_label_floor_submission, load_truth
+from src.submission.codec import read_submission
+
+FLOOR_NAME = "image-label floor"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument(
+        "--submission", type=Path, help="Kaggle submission CSV (ID,ImageWidth,ImageHeight,PredictionString)"
+    )
+    inputs.add_argument("--truth_dir", type=Path, required=True, help="truth folder: cell_masks/, cell_labels.csv")
+    inputs.add_argument(
+        "--split_csv",
+        type=Path,
+        help="CSV with an ID column (e.g. sample_submission.csv): the images scored; "
+        "default the submission's IDs (with --floor only: every truth image)",
+    )
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument("--floor", action="store_true", help="also score the image-label floor")
+    outputs.add_argument("--json", type=Path, help="write the results to this JSON file")
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--workers", type=int, default=1, help="processes matching cells (1 is fast enough for 500 images)"
+    )
+    return parser.parse_args(argv)
+
+
+def read_split_ids(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"--split_csv not found: {path}")
+    frame = pd.read_csv(path, dtype={"ID": str}, keep_default_na=False)
+    if "ID" not in frame.columns:
+        raise ValueError(f"--split_csv {path} has no ID column (has {list(frame.columns)})")
+    return frame["ID"].tolist()
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.submission is None and not args.floor:
+        raise SystemExit("nothing to score: give --submission and/or --floor")
+    if args.workers < 1:
+        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
+    submission = read_submission(args.submission) if args.submission is not None else None
+    if args.split_csv is not None:
+        ids = read_split_ids(args.split_csv)
+    elif submission is not None:
+        ids = submission["ID"].tolist()
+    else:
+        ids = None
+    truth = load_truth(args.truth_dir, ids)
+    print(f"scoring {len(truth.ids)} images against {args.truth_dir}")
+
+    results = {}
+    if submission is not None:
+        results["submission"] = evaluate_submission(submission, truth, list(truth.ids), workers=args.workers)
+    if args.floor:
+        floor = image_label_floor_submission(truth)
+        results[FLOOR_NAME] = evaluate_submission(floor, truth, list(truth.ids), workers=args.workers)
+    print(format_ap_table(results))
+
+    report = {
+        "truth_dir": str(args.truth_dir),
+        "submission": None if args.submission is None else str(args.submission),
+        "split_csv": None if args.split_csv is None else str(args.split_csv),
+        "num_images": len(truth.ids),
+        "results": {name: result.to_dict() for name, result in results.items()},
+    }
+    if args.json is not None:
+        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    main(parse_args())

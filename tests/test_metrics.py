@@ -1,0 +1,311 @@
+"""Single-cell mAP evaluator: hand-computed AP cases, the image-label floor, errors, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.data.atomic import write_png_atomic
+from src.metrics import (
+    CellAPResult,
+    average_precision,
+    evaluate_submission,
+    format_ap_table,
+    image_label_floor_submission,
+    load_truth,
+    mask_truth_ious,
+)
+from src.submission.codec import (
+    CellPrediction,
+    encode_binary_mask,
+    format_prediction_string,
+    parse_prediction_string,
+    write_submission,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_truth(root: Path, masks: dict[str, np.ndarray], labels: dict[str, dict[int, str]]) -> Path:
+    """Write ``cell_masks/{ID}.png`` and ``cell_labels.csv`` under ``root/truth``."""
+    truth_dir = root / "truth"
+    for image_id, mask in masks.items():
+        write_png_atomic(truth_dir / "cell_masks" / f"{image_id}.png", mask.astype(np.uint16))
+    rows = [(i, cell, label) for i, cells in labels.items() for cell, label in cells.items()]
+    pd.DataFrame(rows, columns=["ID", "cell_id", "Label"]).to_csv(truth_dir / "cell_labels.csv", index=False)
+    return truth_dir
+
+
+def submission(predictions: dict[str, list[tuple[int, float, np.ndarray]]]) -> pd.DataFrame:
+    """Submission frame from ``{ID: [(class, confidence, (H, W) bool mask), ...]}``."""
+    rows = []
+    for image_id, triplets in predictions.items():
+        height, width = triplets[0][2].shape if triplets else (0, 0)
+        cells = [CellPrediction(c, s, encode_binary_mask(m)) for c, s, m in triplets]
+        rows.append((image_id, width, height, format_prediction_string(cells)))
+    return pd.DataFrame(rows, columns=["ID", "ImageWidth", "ImageHeight", "PredictionString"])
+
+
+@pytest.fixture()
+def two_cells(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """One 10x10 image: cell 1 = rows 0-4, cell 2 = rows 5-9, both of class 0."""
+    mask = np.zeros((10, 10), np.uint16)
+    mask[:5] = 1
+    mask[5:] = 2
+    return write_truth(tmp_path, {"a": mask}, {"a": {1: "0", 2: "0"}}), mask
+
+
+def test_perfect_submission_scores_one(tmp_path: Path) -> None:
+    first = np.zeros((12, 10), np.uint16)
+    first[:5, :4] = 1
+    first[6:, 2:9] = 2
+    second = np.zeros((12, 10), np.uint16)
+    second[3:8, 3:8] = 1
+    truth = write_truth(tmp_path, {"a": first, "b": second}, {"a": {1: "0|2", 2: "2"}, "b": {1: "18"}})
+    frame = submission(
+        {
+            "a": [(0, 0.3, first == 1), (2, 0.9, first == 1), (2, 0.1, first == 2)],
+            "b": [(18, 0.5, second == 1)],
+        }
+    )
+    result = evaluate_submission(frame, truth)
+    assert result.per_class_ap == {0: 1.0, 2: 1.0, 18: 1.0}
+    assert result.mAP == 1.0
+    assert result.per_class_num_truth[2] == 2 and result.per_class_num_pred[2] == 2
+    assert result.num_images == 2
+
+
+@pytest.mark.parametrize(("pixels", "expected_ap"), [(59, 0.0), (60, 1.0), (61, 1.0)])
+def test_iou_threshold_is_0_6_inclusive(tmp_path: Path, pixels: int, expected_ap: float) -> None:
+    mask = np.zeros((20, 20), np.uint16)
+    mask[:10, :10] = 1  # 100 px
+    truth = write_truth(tmp_path, {"a": mask}, {"a": {1: "4"}})
+    predicted = np.zeros((20, 20), bool)
+    predicted[: pixels // 10, :10] = True
+    predicted[pixels // 10, : pixels % 10] = True  # a subset of the cell: IoU = pixels / 100
+    assert predicted.sum() == pixels
+    result = evaluate_submission(submission({"a": [(4, 0.9, predicted)]}), truth)
+    assert result.per_class_ap == {4: expected_ap}
+
+
+def test_iou_059_is_false_positive_and_061_true_positive(tmp_path: Path) -> None:
+    mask = np.zeros((20, 20), np.uint16)
+    mask[:10, :10] = 1
+    mask[10:, 10:] = 2
+    truth = write_truth(tmp_path, {"a": mask}, {"a": {1: "3", 2: "3"}})
+    iou_059 = np.zeros((20, 20), bool)
+    iou_059[:5, :10] = True
+    iou_059[5, :9] = True  # 59 px inside cell 1
+    iou_061 = np.zeros((20, 20), bool)
+    iou_061[10:16, 10:] = True
+    iou_061[16, 10] = True  # 61 px inside cell 2
+    # sorted: 0.59 (FP) then 0.61 (TP): precision 0, 1/2; recall 0, 1/2 -> AP = 1/2 * 1/2
+    result = evaluate_submission(submission({"a": [(3, 0.9, iou_059), (3, 0.8, iou_061)]}), truth)
+    assert result.per_class_ap[3] == pytest.approx(0.25)
+    assert result.per_class_num_tp[3] == 1
+
+
+def test_duplicate_predictions_of_one_cell_are_one_tp_and_fps(two_cells: tuple[Path, np.ndarray]) -> None:
+    truth, mask = two_cells
+    # sorted: cell 1 (TP), cell 1 again (FP), cell 2 (TP); precision 1, 1/2, 2/3; recall 1/2, 1/2, 1
+    # interpolated precision: 1 at recall 1/2, 2/3 at recall 1 -> AP = 1/2 + 1/2 * 2/3 = 5/6
+    frame = submission({"a": [(0, 0.9, mask == 1), (0, 0.8, mask == 1), (0, 0.7, mask == 2)]})
+    result = evaluate_submission(frame, truth)
+    assert result.per_class_ap[0] == pytest.approx(5 / 6)
+    assert result.per_class_num_tp[0] == 2
+
+
+def test_duplicate_in_last_place_costs_nothing(two_cells: tuple[Path, np.ndarray]) -> None:
+    truth, mask = two_cells
+    frame = submission({"a": [(0, 0.9, mask == 1), (0, 0.8, mask == 2), (0, 0.7, mask == 2)]})
+    assert evaluate_submission(frame, truth).per_class_ap[0] == 1.0
+
+
+def test_confidence_order_matters(two_cells: tuple[Path, np.ndarray]) -> None:
+    truth, mask = two_cells
+    spurious = np.zeros((10, 10), bool)
+    spurious[:, :3] = True  # IoU 15/85 with each cell: a false positive
+    # TP first: precision 1, 1/2 at recall 1/2, 1/2 -> AP = 1/2 * 1
+    good_first = submission({"a": [(0, 0.9, mask == 1), (0, 0.8, spurious)]})
+    assert evaluate_submission(good_first, truth).per_class_ap[0] == pytest.approx(0.5)
+    # FP first: precision 0, 1/2 at recall 0, 1/2 -> AP = 1/2 * 1/2
+    bad_first = submission({"a": [(0, 0.8, mask == 1), (0, 0.9, spurious)]})
+    assert evaluate_submission(bad_first, truth).per_class_ap[0] == pytest.approx(0.25)
+
+
+def test_equal_confidences_keep_submission_order(two_cells: tuple[Path, np.ndarray]) -> None:
+    truth, mask = two_cells
+    spurious = np.zeros((10, 10), bool)
+    spurious[:, :3] = True
+    assert evaluate_submission(submission({"a": [(0, 1.0, mask == 1), (0, 1.0, spurious)]}), truth).mAP == 0.5
+    assert evaluate_submission(submission({"a": [(0, 1.0, spurious), (0, 1.0, mask == 1)]}), truth).mAP == 0.25
+
+
+def test_class_without_truth_is_ignored(two_cells: tuple[Path, np.ndarray]) -> None:
+    truth, mask = two_cells
+    frame = submission({"a": [(0, 0.9, mask == 1), (0, 0.9, mask == 2), (5, 0.99, mask == 1)]})
+    result = evaluate_submission(frame, truth)
+    assert result.per_class_ap == {0: 1.0}
+    assert result.mAP == 1.0
+    assert result.per_class_num_pred[5] == 1 and result.per_class_num_truth[5] == 0
+
+
+def test_prediction_of_a_class_the_cell_lacks_is_false_positive(tmp_path: Path) -> None:
+    mask = np.zeros((10, 10), np.uint16)
+    mask[:5] = 1
+    mask[5:] = 2
+    truth = write_truth(tmp_path, {"a": mask}, {"a": {1: "0", 2: "7"}})
+    # class 7 predicted on cell 1 (a class-0 cell) first: FP, then cell 2: TP -> AP(7) = 1 * 1/2
+    frame = submission({"a": [(7, 0.9, mask == 1), (7, 0.5, mask == 2), (0, 0.5, mask == 1)]})
+    result = evaluate_submission(frame, truth)
+    assert result.per_class_ap == {0: 1.0, 7: 0.5}
+    assert result.mAP == pytest.approx(0.75)
+
+
+def test_missing_image_counts_as_no_predictions(tmp_path: Path) -> None:
+    mask = np.zeros((8, 8), np.uint16)
+    mask[2:6, 2:6] = 1
+    truth = write_truth(tmp_path, {"a": mask, "b": mask}, {"a": {1: "1"}, "b": {1: "1"}})
+    frame = submission({"a": [(1, 0.9, mask == 1)]})
+    assert evaluate_submission(frame, truth).mAP == 1.0  # scored on the submission's IDs
+    assert evaluate_submission(frame, truth, ids=["a", "b"]).per_class_ap[1] == 0.5  # recall 1/2 at precision 1
+
+
+def test_image_label_floor_on_heterogeneous_cells(tmp_path: Path) -> None:
+    first = np.zeros((6, 9), np.uint16)
+    first[:, :3], first[:, 3:6], first[:, 6:] = 1, 2, 3
+    second = np.zeros((6, 9), np.uint16)
+    second[:3, :], second[3:, :] = 1, 2
+    truth = write_truth(
+        tmp_path, {"img1": first, "img2": second}, {"img1": {1: "0", 2: "0|16", 3: "16"}, "img2": {1: "18", 2: "0"}}
+    )
+    floor = image_label_floor_submission(truth, ["img1", "img2"])
+    predictions = parse_prediction_string(floor.set_index("ID").loc["img1", "PredictionString"])
+    assert [(p.class_id, p.confidence) for p in predictions] == [(0, 1.0), (16, 1.0)] * 3
+    assert list(floor["ImageWidth"]) == [9, 9] and list(floor["ImageHeight"]) == [6, 6]
+    result = evaluate_submission(floor, truth, ["img1", "img2"])
+    # class 0: TP TP FP | FP TP, 3 truth: interpolated precision 1, 1, 3/5 -> AP = (1 + 1 + 3/5) / 3 = 13/15
+    # class 16: FP TP TP, 2 truth: precision 0, 1/2, 2/3 -> AP = 1/2 * 2/3 + 1/2 * 2/3 = 2/3
+    # class 18: TP FP, 1 truth -> AP = 1
+    assert result.per_class_ap[0] == pytest.approx(13 / 15)
+    assert result.per_class_ap[16] == pytest.approx(2 / 3)
+    assert result.per_class_ap[18] == pytest.approx(1.0)
+    assert result.mAP == pytest.approx(38 / 45)
+
+
+def test_average_precision_edge_cases() -> None:
+    assert average_precision(np.array([], bool), 3) == 0.0
+    assert np.isnan(average_precision(np.array([True]), 0))
+    assert average_precision(np.array([False, True, False, True]), 4) == pytest.approx(0.25 * 0.5 + 0.25 * 0.5)
+    with pytest.raises(ValueError, match="true positives"):
+        average_precision(np.array([True, True]), 1)
+
+
+def test_mask_ious_match_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    cell_mask = rng.integers(0, 5, (23, 17)).astype(np.uint16)
+    predicted = rng.random((23, 17)) < 0.4
+    ious = mask_truth_ious(encode_binary_mask(predicted), cell_mask.ravel(order="F"), np.bincount(cell_mask.ravel()))
+    for cell_id in range(1, 5):
+        cell = cell_mask == cell_id
+        assert ious[cell_id] == pytest.approx((cell & predicted).sum() / (cell | predicted).sum())
+
+
+def test_two_workers_give_the_same_result(two_cells: tuple[Path, np.ndarray]) -> None:
+    truth, mask = two_cells
+    frame = submission({"a": [(0, 0.9, mask == 1), (0, 0.8, mask == 1), (0, 0.7, mask == 2)]})
+    assert evaluate_submission(frame, truth, workers=2).per_class_ap == evaluate_submission(frame, truth).per_class_ap
+
+
+def test_mask_size_mismatch_names_the_id(two_cells: tuple[Path, np.ndarray]) -> None:
+    truth, _ = two_cells
+    frame = submission({"a": [(0, 0.9, np.ones((10, 12), bool))]})
+    with pytest.raises(ValueError, match="ID a .*12x10"):
+        evaluate_submission(frame, truth)
+    frame.loc[0, ["ImageWidth", "ImageHeight"]] = 10, 10  # declared size right, RLE of another size
+    with pytest.raises(ValueError, match="submission ID a: RLE encodes 120 pixels"):
+        evaluate_submission(frame, truth)
+
+
+def test_malformed_prediction_string_names_the_row(two_cells: tuple[Path, np.ndarray]) -> None:
+    truth, mask = two_cells
+    frame = submission({"a": [(0, 0.9, mask == 1)]})
+    frame.loc[0, "PredictionString"] += " 3 0.5"
+    with pytest.raises(ValueError, match=r"submission ID a \(CSV line 2\).*not a multiple of 3"):
+        evaluate_submission(frame, truth)
+    frame.loc[0, "PredictionString"] = "0 0.9 not-an-rle"
+    with pytest.raises(ValueError, match="submission ID a: invalid RLE"):
+        evaluate_submission(frame, truth)
+
+
+def test_missing_truth_names_the_id_and_file(two_cells: tuple[Path, np.ndarray]) -> None:
+    truth, mask = two_cells
+    with pytest.raises(FileNotFoundError, match=r"image zz: missing cell mask .*cell_masks/zz\.png"):
+        evaluate_submission(submission({"a": [(0, 0.9, mask == 1)]}), truth, ids=["a", "zz"])
+
+
+def test_truth_mask_and_labels_must_agree(tmp_path: Path) -> None:
+    mask = np.zeros((6, 6), np.uint16)
+    mask[:3] = 1
+    mask[3:] = 2
+    truth = write_truth(tmp_path, {"a": mask}, {"a": {1: "0"}})
+    with pytest.raises(ValueError, match=r"truth of a: cells in a\.png without labels \[2\]"):
+        evaluate_submission(submission({"a": [(0, 0.9, mask == 1)]}), truth)
+
+
+def test_bad_truth_label_names_the_row(tmp_path: Path) -> None:
+    mask = np.ones((4, 4), np.uint16)
+    truth = write_truth(tmp_path, {"a": mask}, {"a": {1: "0|19"}})
+    with pytest.raises(ValueError, match=r"cell_labels\.csv row 2 \(ID a\).*outside 0\.\.18"):
+        load_truth(truth)
+
+
+def test_format_ap_table_has_one_column_per_result() -> None:
+    truth_counts = {c: 0 for c in range(19)} | {0: 3, 16: 2}
+    first = CellAPResult({0: 0.5, 16: 1.0}, truth_counts, {}, 0.75)
+    second = CellAPResult({0: 0.25, 16: 0.5}, truth_counts, {}, 0.375)
+    table = format_ap_table({"model": first, "image-label floor": second})
+    lines = table.splitlines()
+    assert "model" in lines[0] and "image-label floor" in lines[0]
+    assert lines[2].split() == ["0", "Nucleoplasm", "3", "0.5000", "0.2500"]
+    assert lines[3].split()[-2:] == ["-", "-"]  # class 1 has no truth
+    assert lines[-1].split() == ["mAP", "0.7500", "0.3750"]
+    other = CellAPResult({0: 1.0}, {c: 0 for c in range(19)} | {0: 1}, {}, 1.0)
+    with pytest.raises(ValueError, match="other truth"):
+        format_ap_table({"model": first, "other": other})
+
+
+def test_evaluate_cli_writes_json(tmp_path: Path) -> None:
+    first = np.zeros((6, 9), np.uint16)
+    first[:, :3], first[:, 3:6], first[:, 6:] = 1, 2, 3
+    second = np.zeros((6, 9), np.uint16)
+    second[:3, :], second[3:, :] = 1, 2
+    truth = write_truth(
+        tmp_path, {"img1": first, "img2": second}, {"img1": {1: "0", 2: "0|16", 3: "16"}, "img2": {1: "18", 2: "0"}}
+    )
+    perfect = [
+        CellPrediction(0, 0.9, encode_binary_mask(first == 1)),
+        CellPrediction(16, 0.8, encode_binary_mask(first == 3)),
+    ]
+    rows = [{"ID": "img1", "ImageWidth": 9, "ImageHeight": 6, "PredictionString": format_prediction_string(perfect)}]
+    write_submission(tmp_path / "sub.csv", rows)
+    split_csv = tmp_path / "sample_submission.csv"
+    pd.DataFrame({"ID": ["img1", "img2"], "PredictionString": ["", ""]}).to_csv(split_csv, index=False)
+    out = tmp_path / "out" / "scores.json"
+    command = [sys.executable, "evaluate.py", "--submission", str(tmp_path / "sub.csv"), "--truth_dir", str(truth)]
+    command += ["--split_csv", str(split_csv), "--floor", "--json", str(out)]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "image-label floor" in completed.stdout and "mAP" in completed.stdout
+    report = json.loads(out.read_text())
+    assert report["num_images"] == 2
+    assert report["results"]["image-label floor"]["mAP"] == pytest.approx(38 / 45)
+    # submission: class 0 recall 1/3, class 16 recall 1/2, class 18 missed, all at precision 1
+    assert report["results"]["submission"]["mAP"] == pytest.approx((1 / 3 + 1 / 2 + 0) / 3)
+    assert report["results"]["submission"]["per_class"]["18"]["num_truth"] == 1
