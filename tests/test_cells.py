@@ -25,7 +25,7 @@ from src.cells.cache import (
     shard_ids,
     write_masks,
 )
-from src.cells.classical import segment_classical
+from src.cells.classical import segment_classical, segment_nuclei
 from src.cells.hpacellseg_backend import INSTALL_HINT, check_weights
 from src.cells.quality import f1_score, match_instances
 from src.cells.segment import get_segmenter, segment_image
@@ -124,6 +124,18 @@ def test_drawn_cells_are_found_at_any_size(shape: tuple[int, int]) -> None:
     nuclei_mask, cell_mask = segment_classical(rgby)
     assert_consistent(nuclei_mask, cell_mask, shape)
     assert int(cell_mask.max()) == count
+
+
+def test_dim_nucleus_among_bright_ones_is_found() -> None:
+    blue = np.full((192, 192), 30, np.uint8)
+    truth = np.zeros(blue.shape, np.int32)
+    for k, (y, x) in enumerate(((56 + 40 * i, 56 + 40 * j) for i in range(3) for j in range(3)), start=1):
+        cv2.circle(blue, (x, y), 13, 80 if k == 5 else 230, -1)  # the centre nucleus is dim
+        cv2.circle(truth, (x, y), 13, k, -1)
+    blue = cv2.GaussianBlur(blue, (0, 0), 1.5)
+    blue = np.maximum(blue, np.random.default_rng(0).integers(0, 10, blue.shape).astype(np.uint8))
+    tp, fp, fn, _ = match_instances(segment_nuclei(blue), truth, 0.5)
+    assert (tp, fp, fn) == (9, 0, 0)
 
 
 def test_sixteen_bit_png_gives_same_masks_as_eight_bit(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ copy (median area of convex Otsu blobs, or inscribed circles when nuclei touch),
 image is brought to a working scale where a nucleus spans about ``nucleus_diameter_px``
 pixels (0.15-0.25 for 2048 px HPA images, full size for small-nucleus images). There the
 foreground is the smoothed signal above a fraction of its Otsu level and of its local
-maximum (dim nuclei beside bright ones keep their own edge); seeds are h-maxima of the
+maximum over about one nucleus (dim nuclei beside bright ones keep their own edge, the haze
+between nuclei in dense tissue is cut); seeds are h-maxima of the
 distance transform plus the relative brightness, split by a watershed; touching pieces
 with no dark valley between them, a convex union and about one nucleus of area are merged.
 Cells come from the microtubule (red) and ER (yellow) channels plus the nuclei: a foreground
@@ -40,7 +41,9 @@ class ClassicalParams:
         min_working_side: the shorter working side is kept at least this long (small images).
         smooth: Gaussian sigma as a fraction of the working nucleus diameter.
         threshold_scale: nuclei are above this fraction of the Otsu level of the smoothed blue channel ...
-        local_fraction: ... and above this fraction of the local maximum (over two nucleus diameters).
+        local_fraction: ... and above this fraction of the local maximum ...
+        local_window: ... taken over a disc this many nucleus diameters wide (about one nucleus: a dim
+            nucleus beside bright ones is judged against its own peak, haze between nuclei is not).
         intensity_weight: weight of the relative brightness against the distance transform (in diameters).
         brightness_smooth: Gaussian sigma of the brightness term, as a fraction of the nucleus diameter.
         h_maxima: depth of the seeds in the seed landscape (distance in diameters + weighted brightness).
@@ -60,7 +63,8 @@ class ClassicalParams:
     min_working_side: int = 64
     smooth: float = 0.06
     threshold_scale: float = 0.4
-    local_fraction: float = 0.25
+    local_fraction: float = 0.4
+    local_window: float = 1.0
     intensity_weight: float = 2.0
     brightness_smooth: float = 0.1
     h_maxima: float = 0.05
@@ -173,7 +177,8 @@ def segment_nuclei_working(blue: np.ndarray, diameter: float, params: ClassicalP
     """Nucleus labels of a working-scale blue image.
 
     Foreground: above ``threshold_scale`` x Otsu and above ``local_fraction`` x the local
-    maximum (a dim nucleus beside bright ones keeps its own edge). Seeds: h-maxima of a
+    maximum over about one nucleus (a dim nucleus beside bright ones keeps its own edge, the
+    haze between nuclei in dense tissue is cut). Seeds: h-maxima of a
     landscape adding the smoothed distance transform (shape) to the intensity relative to the
     local maximum (texture-free brightness); watershed on the same landscape.
 
@@ -186,7 +191,7 @@ def segment_nuclei_working(blue: np.ndarray, diameter: float, params: ClassicalP
         (h, w) int32 labels, 0 = background.
     """
     smoothed = cv2.GaussianBlur(blue, (0, 0), max(0.5, params.smooth * diameter))
-    size = int(2 * diameter) | 1
+    size = int(params.local_window * diameter) | 1
     local_max = cv2.dilate(smoothed, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
     local_max = cv2.GaussianBlur(local_max, (0, 0), max(0.5, diameter / 4))
     foreground = (smoothed > params.threshold_scale * _otsu(smoothed)) & (smoothed > params.local_fraction * local_max)
