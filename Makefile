@@ -3,11 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
-DATA_DIR ?= data/synthetic
-NUM_TRAIN ?= 400
-NUM_TEST ?= 100
-SIZE ?= 512
-SEED ?= 0
+# FULL=1 runs the real-scale configuration (resnet50 at 512 px, more epochs): meant for a GPU machine.
+FULL ?= 0
+ifeq ($(FULL),1)
+PIPELINE_ENV := TIMM=resnet50 INPUT_SIZE=512 BATCH_SIZE=32 SEGM_BATCH_SIZE=12 NUM_WORKERS=8 NUM_TRAIN=4000 \
+	NUM_TEST=500 EPOCHS0=30 EPOCHS1=15 EPOCHS_SEGM=20 PRECISION=16-mixed OUT_DIR=outputs/synthetic_full \
+	DATA_DIR=data/synthetic_full
+endif
 
 .PHONY: install run test lint format clean
 
@@ -20,8 +22,7 @@ $(STAMP): requirements.txt
 install: $(STAMP)
 
 run: install
-	$(PY) make_synthetic_data.py --out $(DATA_DIR) --num_train $(NUM_TRAIN) --num_test $(NUM_TEST) --size $(SIZE) --seed $(SEED)
-	$(PY) evaluate.py --truth_dir $(DATA_DIR)/truth --floor --split_csv $(DATA_DIR)/sample_submission.csv
+	$(PIPELINE_ENV) PYTHON=$(PY) bash scripts/run_pipeline.sh
 
 test: install
 	$(PY) -m pytest -q

@@ -2,6 +2,7 @@
 
     python evaluate.py --submission SUB.csv --truth_dir data/synthetic/truth \
         [--split_csv data/synthetic/sample_submission.csv] [--json OUT.json] [--floor]
+    python evaluate.py --submission cam=CAM.csv --submission segm=SEGM.csv --truth_dir ... --floor
 
 Prints one AP column per scored submission (class id, name, truth cells, AP) and the mAP.
 ``--floor`` adds the image-label floor: every truth cell given all of its image's labels at
@@ -29,7 +30,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument(
-        "--submission", type=Path, help="Kaggle submission CSV (ID,ImageWidth,ImageHeight,PredictionString)"
+        "--submission",
+        action="append",
+        default=[],
+        metavar="[NAME=]CSV",
+        help="Kaggle submission CSV (ID,ImageWidth,ImageHeight,PredictionString); repeat to compare several, "
+        "each optionally named NAME=CSV",
     )
     inputs.add_argument("--truth_dir", type=Path, required=True, help="truth folder: cell_masks/, cell_labels.csv")
     inputs.add_argument(
@@ -57,24 +63,38 @@ def read_split_ids(path: Path) -> list[str]:
     return frame["ID"].tolist()
 
 
+def named_submissions(entries: list[str]) -> dict[str, Path]:
+    """``NAME=CSV`` or ``CSV`` entries to {name: path}; an unnamed single entry is called 'submission'."""
+    named: dict[str, Path] = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep:
+            name, path = ("submission" if len(entries) == 1 else Path(entry).stem), entry
+        if name in named:
+            raise SystemExit(f"--submission: the name {name!r} is given twice")
+        named[name] = Path(path)
+    return named
+
+
 def main(args: argparse.Namespace) -> dict:
-    if args.submission is None and not args.floor:
+    if not args.submission and not args.floor:
         raise SystemExit("nothing to score: give --submission and/or --floor")
     if args.workers < 1:
         raise SystemExit(f"--workers must be >= 1, got {args.workers}")
-    submission = read_submission(args.submission) if args.submission is not None else None
+    paths = named_submissions(args.submission)
+    submissions = {name: read_submission(path) for name, path in paths.items()}
     if args.split_csv is not None:
         ids = read_split_ids(args.split_csv)
-    elif submission is not None:
-        ids = submission["ID"].tolist()
+    elif submissions:
+        ids = sorted(set().union(*(frame["ID"] for frame in submissions.values())))
     else:
         ids = None
     truth = load_truth(args.truth_dir, ids)
     print(f"scoring {len(truth.ids)} images against {args.truth_dir}")
 
     results = {}
-    if submission is not None:
-        results["submission"] = evaluate_submission(submission, truth, list(truth.ids), workers=args.workers)
+    for name, submission in submissions.items():
+        results[name] = evaluate_submission(submission, truth, list(truth.ids), workers=args.workers)
     if args.floor:
         floor = image_label_floor_submission(truth)
         results[FLOOR_NAME] = evaluate_submission(floor, truth, list(truth.ids), workers=args.workers)
@@ -82,7 +102,7 @@ def main(args: argparse.Namespace) -> dict:
 
     report = {
         "truth_dir": str(args.truth_dir),
-        "submission": None if args.submission is None else str(args.submission),
+        "submissions": {name: str(path) for name, path in paths.items()},
         "split_csv": None if args.split_csv is None else str(args.split_csv),
         "num_images": len(truth.ids),
         "results": {name: result.to_dict() for name, result in results.items()},

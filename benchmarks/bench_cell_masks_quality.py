@@ -28,13 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.cells.classical import ClassicalParams, segment_classical, segment_nuclei  # noqa: E402
 from src.cells.quality import f1_score, match_instances  # noqa: E402
-from src.data.io import read_rgby  # noqa: E402
-
-HPA_IDS = (
-    "000a6c98-bb9b-11e8-b2b9-ac1f6b6435d0",
-    "a34d8680-bb99-11e8-b2b9-ac1f6b6435d0",
-    "b6a469d8-bbad-11e8-b2ba-ac1f6b6435d0",
-)
+from src.data.io import read_labels, read_rgby  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -108,7 +102,7 @@ def main(args: argparse.Namespace) -> None:
     reference_dir = args.hpa_dir / "masks_hpacellseg"
     if reference_dir.is_dir():
         tally, start = Tally(), time.perf_counter()
-        for image_id in HPA_IDS:
+        for image_id in read_labels(args.hpa_dir / "train.csv")["ID"]:
             rgby = read_rgby(args.hpa_dir, image_id, split="")
             reference = cv2.imread(str(reference_dir / f"{image_id}_predictedmask.png"), cv2.IMREAD_UNCHANGED)
             tally.add(segment_classical(rgby, params)[1], reference, 0.6)

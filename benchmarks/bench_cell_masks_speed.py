@@ -24,13 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.cells.cache import write_masks  # noqa: E402
 from src.cells.classical import segment_classical  # noqa: E402
-from src.data.io import read_rgby  # noqa: E402
-
-HPA_IDS = (
-    "000a6c98-bb9b-11e8-b2b9-ac1f6b6435d0",
-    "a34d8680-bb99-11e8-b2b9-ac1f6b6435d0",
-    "b6a469d8-bbad-11e8-b2ba-ac1f6b6435d0",
-)
+from src.data.io import read_labels, read_rgby  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,14 +44,15 @@ def one_image(hpa_dir: str, image_id: str) -> float:
 
 
 def main(args: argparse.Namespace) -> None:
-    if not (args.hpa_dir / f"{HPA_IDS[0]}_blue.png").is_file():
+    if not (args.hpa_dir / "train.csv").is_file():
         raise SystemExit(f"HPA samples not found in {args.hpa_dir}")
+    hpa_ids = read_labels(args.hpa_dir / "train.csv")["ID"].tolist()
     cv2.setNumThreads(1)
-    one_image(str(args.hpa_dir), HPA_IDS[0])  # warm-up (imports, caches)
+    one_image(str(args.hpa_dir), hpa_ids[0])  # warm-up (imports, caches)
     decode, segment, write = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
-            for image_id in HPA_IDS:
+            for image_id in hpa_ids:
                 t0 = time.perf_counter()
                 rgby = read_rgby(args.hpa_dir, image_id, split="")
                 t1 = time.perf_counter()
@@ -74,11 +69,11 @@ def main(args: argparse.Namespace) -> None:
         f"  decode {sum(decode) / n:.3f} s + segment {sum(segment) / n:.3f} s = {(sum(decode) + sum(segment)) / n:.3f} s/image"
     )
     print(f"  cache write (npz, compressed) {sum(write) / n:.3f} s/image")
-    tasks = [image_id for _ in range(args.repeats) for image_id in HPA_IDS]
+    tasks = [image_id for _ in range(args.repeats) for image_id in hpa_ids]
     throughput = {}
     for workers in range(1, args.max_workers + 1):
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(one_image, [str(args.hpa_dir)] * workers, HPA_IDS[:1] * workers))  # start and warm workers
+            list(pool.map(one_image, [str(args.hpa_dir)] * workers, hpa_ids[:1] * workers))  # start and warm workers
             start = time.perf_counter()
             list(pool.map(one_image, [str(args.hpa_dir)] * len(tasks), tasks))
             elapsed = time.perf_counter() - start

@@ -17,25 +17,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from src.cam.cell_scores import CellScoreConfig, score_cells
+from src.cam.cell_scores import CellScoreConfig
+from src.cam.score_job import IMAGE_PROB, init_scorer, score_image
 from src.cam.sources import CAM_METHODS, CheckpointSpec, join_sources, load_sources
-from src.cells.cache import MaskCache, mask_path, read_masks, shard_ids
+from src.cells.cache import MaskCache, shard_ids
 from src.data.atomic import write_text_atomic
-from src.data.classes import NUM_CLASSES
 from src.data.io import channel_path, labels_to_multihot, read_labels, read_rgby, resize_image
-from src.submission.codec import SUBMISSION_COLUMNS, cell_mask_predictions, read_submission, write_submission
+from src.submission.codec import SUBMISSION_COLUMNS, read_submission, write_submission
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("test", "gen_pseudo")
-IMAGE_PROB = "image_prob"  # conf_how of the floor: every cell gets the image probabilities, no CAM
 
 
 @dataclass
@@ -189,37 +187,6 @@ def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
-def _init_scorer() -> None:
-    cv2.setNumThreads(1)
-
-
-def _score_image(job: dict[str, Any]) -> dict[str, Any]:
-    """Worker: per-cell scores of one image, RLE-encoded at full size -> a submission row."""
-    nuclei_mask, cell_mask = read_masks(mask_path(job["mask_dir"], job["id"]))
-    if cell_mask.shape != (job["height"], job["width"]):
-        raise ValueError(
-            f"image {job['id']}: cached masks are {cell_mask.shape}, image is {(job['height'], job['width'])}"
-        )
-    green = job["green"]
-    h, w = green.shape
-    cell_small = cv2.resize(cell_mask, (w, h), interpolation=cv2.INTER_NEAREST)
-    nuclei_small = cv2.resize(nuclei_mask, (w, h), interpolation=cv2.INTER_NEAREST)
-    probs = job["probs"]
-    if job["conf_how"] == IMAGE_PROB:
-        ids = np.unique(cell_small)
-        scores = {int(c): {k: float(probs[k]) for k in range(NUM_CLASSES)} for c in ids[ids > 0]}
-    else:
-        cams = job["cams"].astype(np.float32).transpose(1, 2, 0)  # (h, w, 19): cv2 resizes all maps at once
-        cams = cv2.resize(cams, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1).transpose(2, 0, 1)
-        scores = score_cells(probs, cams, cell_small, nuclei_small, green, job["score_config"])
-    return {
-        "ID": job["id"],
-        "ImageWidth": job["width"],
-        "ImageHeight": job["height"],
-        "PredictionString": cell_mask_predictions(cell_mask, scores),
-    }
-
-
 class PartialRows:
     """Append-only JSON-lines record of finished rows, tied to the config fingerprint."""
 
@@ -335,7 +302,7 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
     try:
         # spawn: forked children of a process that ran torch's OpenMP threads can hang
         with ProcessPoolExecutor(
-            max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_scorer
+            max_workers=workers, mp_context=mp.get_context("spawn"), initializer=init_scorer
         ) as pool:
             for items in loader:
                 good = []
@@ -366,7 +333,7 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
                         "conf_how": settings.conf_how,
                         "score_config": score_config,
                     }
-                    pending[pool.submit(_score_image, job)] = item["id"]
+                    pending[pool.submit(score_image, job)] = item["id"]
                 while len(pending) > 4 * workers:  # bound the images held in memory
                     wait(pending, return_when=FIRST_COMPLETED)
                     collect(block=False)

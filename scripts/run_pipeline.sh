@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The whole chain, as the 15th-place run.bash but parameterised, resumable and tested:
+#   synthetic data (optional) -> SC-CAM round 0 -> extract_feature -> create_pseudo_label -> round 1
+#   -> CAM pseudo labels (gen_pseudo) -> create_segm_labels -> segmentation training
+#   -> final inference on the test split -> evaluation when per-cell truth exists.
+# Every setting is an environment variable (defaults: the `make run` scale on the synthetic benchmark):
+#   DATA_DIR=../input/hpa-single-cell-image-classification SYNTHETIC=0 OUT_DIR=runs/real TIMM=resnet50 \
+#   INPUT_SIZE=512 EPOCHS0=5 EPOCHS1=5 EPOCHS_SEGM=5 ACCELERATOR=gpu PRECISION=16-mixed bash scripts/run_pipeline.sh
+# A stage that finished is skipped on a re-run (markers in $OUT_DIR/.done); delete the marker to redo it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-.venv/bin/python}
+DATA_DIR=${DATA_DIR:-data/synthetic}
+SYNTHETIC=${SYNTHETIC:-1}              # 1: (re)build the synthetic benchmark in DATA_DIR first
+NUM_TRAIN=${NUM_TRAIN:-400}
+NUM_TEST=${NUM_TEST:-100}
+IMAGE_SIZE=${IMAGE_SIZE:-512}          # synthetic image side
+SEED=${SEED:-0}
+OUT_DIR=${OUT_DIR:-outputs/synthetic}
+TIMM=${TIMM:-resnet18}
+INPUT_SIZE=${INPUT_SIZE:-256}
+BATCH_SIZE=${BATCH_SIZE:-16}
+SEGM_BATCH_SIZE=${SEGM_BATCH_SIZE:-$BATCH_SIZE}
+NUM_WORKERS=${NUM_WORKERS:-2}
+EPOCHS0=${EPOCHS0:-12}
+EPOCHS1=${EPOCHS1:-8}
+EPOCHS_SEGM=${EPOCHS_SEGM:-10}
+OPTIM=${OPTIM:-adam}
+LR0=${LR0:-1e-3}
+LR1=${LR1:-5e-4}
+LR_SEGM=${LR_SEGM:-1e-3}
+K_CLUSTER=${K_CLUSTER:-10}
+SEGM_THRESH=${SEGM_THRESH:-0.225}
+MASK_BACKEND=${MASK_BACKEND:-classical}
+ACCELERATOR=${ACCELERATOR:-auto}
+DEVICES=${DEVICES:-auto}
+PRECISION=${PRECISION:-32}
+EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:-}   # e.g. "--use_ext_data --ext_data_csv ../input/publichpa.csv"
+
+DONE="$OUT_DIR/.done"
+mkdir -p "$DONE"
+stage() { [ -f "$DONE/$1" ] && { echo "== $1: done earlier, skipped"; return 1; }; echo "== $1"; return 0; }
+finish() { touch "$DONE/$1"; }
+last_ckpt() { ls -d "$1"/lightning_logs/version_* | sort -V | tail -n 1 | sed 's#$#/checkpoints/last.ckpt#'; }
+train() {  # train ROOT_DIR EPOCHS LR [args...]
+  local root=$1 epochs=$2 lr=$3; shift 3
+  $PYTHON run_classification.py --data_dir "$DATA_DIR" --timm_model_name "$TIMM" --input_size "$INPUT_SIZE" \
+    --batch_size "$BATCH_SIZE" --num_workers "$NUM_WORKERS" --max_epochs "$epochs" --optim_name "$OPTIM" --lr "$lr" \
+    --accelerator "$ACCELERATOR" --devices "$DEVICES" --precision "$PRECISION" --seed "$SEED" \
+    --default_root_dir "$root" $EXTRA_TRAIN_ARGS "$@"
+}
+infer() {  # infer YAML SUB_PATH [overrides...]
+  local yaml=$1 sub=$2; shift 2
+  $PYTHON run_cam_infer.py --yaml_path "$yaml" --sub_path "$sub" --data_dir "$DATA_DIR" \
+    --mask_backend "$MASK_BACKEND" --num_workers "$NUM_WORKERS" "$@"
+}
+
+if [ "$SYNTHETIC" = 1 ]; then  # a no-op when DATA_DIR already holds this exact benchmark
+  echo "== synthetic"
+  $PYTHON make_synthetic_data.py --out "$DATA_DIR" --num_train "$NUM_TRAIN" --num_test "$NUM_TEST" \
+    --size "$IMAGE_SIZE" --seed "$SEED"
+fi
+
+if stage round0; then
+  train "$OUT_DIR/round0" "$EPOCHS0" "$LR0" --round_nb 0
+  finish round0
+fi
+ROUND0=$(last_ckpt "$OUT_DIR/round0")
+
+if stage sub_labels; then
+  $PYTHON extract_feature.py --weights "$ROUND0" --save_folder "$OUT_DIR/sccam" --num_workers "$NUM_WORKERS"
+  $PYTHON create_pseudo_label.py --save_folder "$OUT_DIR/sccam" --for_round_nb 1 --k_cluster "$K_CLUSTER" --is_scale_feature
+  finish sub_labels
+fi
+
+if stage round1; then
+  train "$OUT_DIR/round1" "$EPOCHS1" "$LR1" --round_nb 1 --k_cluster "$K_CLUSTER" \
+    --sub_label_dir "$OUT_DIR/sccam" --ckpt_path "$ROUND0"
+  finish round1
+fi
+ROUND1=$(last_ckpt "$OUT_DIR/round1")
+
+if stage pseudo_labels; then
+  infer src/config/generate_pseudo_label.yaml "$OUT_DIR/segm/pseudo_label.csv" \
+    --mask_dir "$DATA_DIR/masks/train_$MASK_BACKEND" --ckpt_paths "[[both, 1.0, $ROUND1]]"
+  $PYTHON create_segm_labels.py --save_folder "$OUT_DIR/segm" --sub_csv "$OUT_DIR/segm/pseudo_label.csv"
+  finish pseudo_labels
+fi
+
+TRUTH_ARGS=()
+[ -d "$DATA_DIR/truth" ] && TRUTH_ARGS=(--segm_truth_dir "$DATA_DIR/truth")
+if stage segmentation; then
+  train "$OUT_DIR/segm_train" "$EPOCHS_SEGM" "$LR_SEGM" --segm_label_dir "$OUT_DIR/segm" \
+    --segm_thresh "$SEGM_THRESH" --batch_size "$SEGM_BATCH_SIZE" "${TRUTH_ARGS[@]}"
+  finish segmentation
+fi
+SEGM=$(last_ckpt "$OUT_DIR/segm_train")
+
+# Final inference: each stage alone, then the ensemble (round 1 on both, segmentation on CAMs).
+TEST_MASKS="$DATA_DIR/masks/test_$MASK_BACKEND"
+declare -A RUNS=(
+  [image_prob]="[[both, 1.0, $ROUND1]]|image_prob"
+  [cam_round0]="[[both, 1.0, $ROUND0]]|cam_rate_mean"
+  [cam_round1]="[[both, 1.0, $ROUND1]]|cam_rate_mean"
+  [segmentation]="[[pred, 1.0, $ROUND1], [cam, 1.0, $SEGM]]|cam_rate_mean"
+  [ensemble]="[[both, 1.0, $ROUND0], [both, 1.0, $ROUND1], [cam, 2.0, $SEGM]]|cam_rate_mean"
+)
+for name in image_prob cam_round0 cam_round1 segmentation ensemble; do
+  IFS='|' read -r ckpts conf <<< "${RUNS[$name]}"
+  if stage "infer_$name"; then
+    infer src/config/kaggle_submission.yaml "$OUT_DIR/submissions/$name.csv" --mask_dir "$TEST_MASKS" \
+      --ckpt_paths "$ckpts" --conf_how "$conf"
+    finish "infer_$name"
+  fi
+done
+cp "$OUT_DIR/submissions/ensemble.csv" "$OUT_DIR/submission.csv"
+
+if [ -d "$DATA_DIR/truth" ]; then
+  $PYTHON evaluate.py --truth_dir "$DATA_DIR/truth" --split_csv "$DATA_DIR/sample_submission.csv" --floor \
+    --json "$OUT_DIR/evaluation.json" \
+    $(for name in image_prob cam_round0 cam_round1 segmentation ensemble; do
+        echo "--submission $name=$OUT_DIR/submissions/$name.csv"; done)
+fi
+echo "submission:   $OUT_DIR/submission.csv"
+echo "checkpoints:  $ROUND0, $ROUND1, $SEGM"
+echo "tensorboard:  .venv/bin/tensorboard --logdir $OUT_DIR"
