@@ -2,6 +2,8 @@
 
 Round 0:  python run_classification.py --data_dir data/synthetic --timm_model_name resnet18 --input_size 256
 Round 1:  python run_classification.py ... --round_nb 1 --sub_label_dir save_uni [--ckpt_path ROUND0.ckpt]
+Stage 2:  python run_classification.py ... --segm_label_dir segm_labels --segm_thresh 0.225 [--segm_truth_dir DATA/truth]
+          (a U-Net over the timm encoder --timm_model_name, trained on create_segm_labels.py's pseudo labels)
 
 Logs, checkpoints (best val loss and last) and hparams.yaml land in
 ``{default_root_dir}/lightning_logs/version_N/``.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -19,9 +22,12 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from src.data.classes import NUM_CLASSES
+from src.metrics import load_truth
 from src.models.factory import check_model_name, create_classifier
 from src.models.losses import LOSS_NAMES, build_criterion
 from src.sccam.sub_labels import read_sub_label_table
+from src.segmentation.network import check_input_size, create_segmentation_network
+from src.segmentation.targets import SegmTargetReader
 from src.training.augment import AUG_MODES
 from src.training.datamodule import CACHE_FORMATS, EXT_DATA_MODES, HPADataModule
 from src.training.lit_model import OPTIM_NAMES, LitModel, read_checkpoint_hparams
@@ -86,6 +92,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sccam.add_argument("--sub_label_dir", default=None, help="save_folder of create_pseudo_label.py (round >= 1)")
     sccam.add_argument("--subcls_loss_weight", type=float, default=5.0)
 
+    segm = parser.add_argument_group("stage 2 segmentation")
+    segm.add_argument(
+        "--segm_label_dir", default=None, help="save_folder of create_segm_labels.py: train a U-Net on these targets"
+    )
+    segm.add_argument(
+        "--segm_thresh", type=float, default=0.15, help="pseudo-label confidence a cell needs to join a class, (0, 1)"
+    )
+    segm.add_argument(
+        "--segm_truth_dir", default=None, help="per-cell truth (e.g. DATA/truth): also report val/cell_mAP"
+    )
+
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--optim_name", choices=OPTIM_NAMES, default="sgd")
     optim.add_argument("--lr", type=float, default=0.1)
@@ -137,6 +154,12 @@ def check_start_checkpoint(args: argparse.Namespace) -> tuple[str | None, str | 
     if args.ckpt_path is None:
         return None, None
     saved = read_checkpoint_hparams(args.ckpt_path)
+    if bool(saved.get("segm_label_dir")) != bool(args.segm_label_dir):
+        kinds = {True: "segmentation", False: "classification"}
+        raise ValueError(
+            f"--ckpt_path {args.ckpt_path} is a {kinds[bool(saved.get('segm_label_dir'))]} run; "
+            f"this is a {kinds[bool(args.segm_label_dir)]} run"
+        )
     for key, want in (
         ("num_classes", NUM_CLASSES),
         ("num_inchannels", args.num_inchannels),
@@ -175,9 +198,30 @@ def load_parent_weights(network: torch.nn.Module, checkpoint_path: str) -> None:
         )
 
 
+def check_segmentation_args(args: argparse.Namespace) -> SegmTargetReader | None:
+    """The target reader of a stage-2 run (None for a classifier), after checking the stage-2 arguments.
+
+    Raises:
+        ValueError: --segm_thresh outside (0, 1), an input size the U-Net cannot take, options of the
+            classifier stages (round >= 1, Puzzle-CAM) or --segm_truth_dir without --segm_label_dir.
+        FileNotFoundError: a missing --segm_label_dir or --segm_truth_dir.
+    """
+    if args.segm_label_dir is None:
+        if args.segm_truth_dir is not None:
+            raise ValueError("--segm_truth_dir scores segmentation runs only: add --segm_label_dir")
+        return None
+    if args.round_nb > 0 or args.puzzle_cam:
+        raise ValueError("--segm_label_dir trains a U-Net: it cannot be combined with --round_nb >= 1 or --puzzle_cam")
+    check_input_size(args.input_size)
+    if args.segm_truth_dir is not None and not (Path(args.segm_truth_dir) / "cell_labels.csv").is_file():
+        raise FileNotFoundError(f"--segm_truth_dir {args.segm_truth_dir} has no cell_labels.csv (a benchmark truth/)")
+    return SegmTargetReader(args.segm_label_dir, args.segm_thresh)
+
+
 def main(args: argparse.Namespace) -> None:
     resolve_trainer_args(args)
     check_model_name(args.timm_model_name)
+    segm_reader = check_segmentation_args(args)
     args.num_classes = NUM_CLASSES
     sub_labels, args.k_cluster = None, None
     if args.round_nb > 0:
@@ -205,12 +249,24 @@ def main(args: argparse.Namespace) -> None:
         ext_data_mode=args.ext_data_mode,
         sub_labels=sub_labels,
         num_sub_classes=NUM_CLASSES * (args.k_cluster or 0),
+        mask_reader=segm_reader,
         seed=args.seed,
     )
+    if segm_reader is not None:
+        segm_reader.check_ids(datamodule.frame["ID"])
+        if args.segm_truth_dir is not None:
+            load_truth(args.segm_truth_dir, datamodule.frame.loc[datamodule.frame["fold"] == args.val_fold, "ID"])
     pl.seed_everything(args.seed, workers=True, verbose=False)
-    network = create_classifier(
-        args.timm_model_name, args.num_inchannels, NUM_CLASSES, NUM_CLASSES * (args.k_cluster or 0), args.backbone_ckpt
-    )
+    if segm_reader is not None:
+        network = create_segmentation_network(args.timm_model_name, args.num_inchannels, args.backbone_ckpt)
+    else:
+        network = create_classifier(
+            args.timm_model_name,
+            args.num_inchannels,
+            NUM_CLASSES,
+            NUM_CLASSES * (args.k_cluster or 0),
+            args.backbone_ckpt,
+        )
     if init_path is not None:
         load_parent_weights(network, init_path)
         say(f"round {args.round_nb}: backbone and class head from {init_path}, new sub-category head")

@@ -75,7 +75,7 @@ if stage sub_labels; then
 fi
 
 if stage round1; then
-  train "$OUT_DIR/round1" "$EPOCHS1" "$LR1" --round_nb 1 --k_cluster "$K_CLUSTER" \
+  train "$OUT_DIR/round1" "$EPOCHS1" "$LR1" --round_nb 1 \
     --sub_label_dir "$OUT_DIR/sccam" --ckpt_path "$ROUND0"
   finish round1
 fi

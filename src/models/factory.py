@@ -138,8 +138,13 @@ def build_network(hparams: Mapping[str, Any]) -> nn.Module:
     """The network a run's hyperparameters describe (what ``run_classification.py`` trains).
 
     Reads ``timm_model_name``, ``num_inchannels``, ``num_classes``, ``round_nb``, ``k_cluster``; never loads
-    ``backbone_ckpt`` (a checkpoint's own weights replace it).
+    ``backbone_ckpt`` (a checkpoint's own weights replace it). A run with ``segm_label_dir`` (stage 2)
+    gets the U-Net of :func:`src.segmentation.network.create_segmentation_network`.
     """
+    if hparams.get("segm_label_dir"):
+        from src.segmentation.network import create_segmentation_network  # stage 2 imports this module
+
+        return create_segmentation_network(hparams["timm_model_name"], int(hparams.get("num_inchannels", 4)))
     round_nb = int(hparams.get("round_nb", 0))
     num_classes = int(hparams.get("num_classes", NUM_CLASSES))
     num_sub = num_classes * int(hparams["k_cluster"]) if round_nb > 0 else 0

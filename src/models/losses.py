@@ -82,7 +82,14 @@ class ClassificationLoss(nn.Module):
 
 
 def build_criterion(hparams: Mapping[str, Any]) -> nn.Module:
-    """The loss a run's hyperparameters describe (``loss``, ``soft_f1_weight``, ``subcls_loss_weight``)."""
+    """The loss a run's hyperparameters describe (``loss``, ``soft_f1_weight``, ``subcls_loss_weight``).
+
+    A run with ``segm_label_dir`` (stage 2) gets the per-pixel :class:`src.segmentation.network.SegmentationLoss`.
+    """
+    if hparams.get("segm_label_dir"):
+        from src.segmentation.network import SegmentationLoss  # stage 2 imports this module
+
+        return SegmentationLoss(loss_name=hparams.get("loss", "focal"))
     return ClassificationLoss(
         loss_name=hparams.get("loss", "focal"),
         soft_f1_weight=float(hparams.get("soft_f1_weight", 0.0)),

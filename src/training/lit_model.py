@@ -3,7 +3,8 @@ validation metrics, optimiser and schedule.
 
 The network maps normalised (N, C, H, W) images to a dict with ``logits``; the loss maps
 (outputs, batch) to a dict of terms with ``loss``. Classification validation reports macro
-mAP and macro F1 over the image labels; other targets (masks) report the loss only.
+mAP and macro F1 over the image labels; segmentation targets (N, 20, H, W) report the loss and,
+when ``segm_truth_dir`` names per-cell truth, the single-cell mAP of the validation images.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from torch import nn
 from src.models.factory import build_network
 from src.models.losses import add_puzzle_cam_outputs, build_criterion
 from src.models.preprocess import normalize_images
+from src.segmentation.network import segmentation_maps
+from src.segmentation.validation import truth_cell_map
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,12 @@ def warmup_cosine(step: int, total_steps: int, warmup_ratio: float = 0.1) -> flo
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def validation_maps(logits: torch.Tensor, size: int = 64) -> torch.Tensor:
+    """(N, 20, H, W) segmentation logits -> (N, 19, size, size) float16 maps, each class divided by its maximum."""
+    maps = torch.nn.functional.interpolate(segmentation_maps(logits), size=(size, size), mode="bilinear")
+    return (maps / (maps.amax(dim=(2, 3), keepdim=True) + 1e-5)).half()
+
+
 class LitModel(pl.LightningModule):
     """Training wrapper around a network and a loss.
 
@@ -76,6 +85,8 @@ class LitModel(pl.LightningModule):
         self.criterion = criterion if criterion is not None else build_criterion(self.hparams)
         self._val_probs: list[torch.Tensor] = []
         self._val_targets: list[torch.Tensor] = []
+        self._val_ids: list[str] = []
+        self._val_maps: list[torch.Tensor] = []
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised (N, C, H, W) float images -> network outputs."""
@@ -126,8 +137,17 @@ class LitModel(pl.LightningModule):
         if outputs["logits"].ndim == 2:
             self._val_probs.append(torch.sigmoid(outputs["logits"].float()).detach())
             self._val_targets.append(batch["target"].detach())
+        elif self.hparams.get("segm_truth_dir"):
+            self._val_ids.extend(batch["id"])
+            self._val_maps.append(validation_maps(outputs["logits"].detach()).cpu())
 
     def on_validation_epoch_end(self) -> None:
+        if self._val_maps:
+            maps, ids = torch.cat(self._val_maps).numpy(), list(self._val_ids)
+            self._val_maps.clear()
+            self._val_ids.clear()
+            # each rank scores its own share of the images; the synced value is their mean
+            self.log("val/cell_mAP", truth_cell_map(ids, maps, self.hparams["segm_truth_dir"]), sync_dist=True)
         if not self._val_probs:
             return
         probs, targets = torch.cat(self._val_probs), torch.cat(self._val_targets)
