@@ -54,20 +54,31 @@ def test_shards_merged_equal_an_unsharded_run(tiny_synthetic, tiny_checkpoint, t
     pd.testing.assert_frame_equal(merged.reset_index(drop=True), full.reset_index(drop=True))
 
 
-def test_interrupted_run_resumes_from_partial_rows(tiny_synthetic, tiny_checkpoint, tmp_path):
-    settings = make_settings(tiny_synthetic, tiny_checkpoint, tmp_path / "masks")
-    run_inference(settings, tmp_path / "sub.csv")
+def test_failed_then_interrupted_run_resumes_from_partial_rows(tiny_synthetic, tiny_checkpoint, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synthetic, data)
+    broken = sorted((data / "test").glob("*_green.png"))[0]
+    original = broken.read_bytes()
+    broken.write_bytes(b"not a png")
+    settings = make_settings(data, tiny_checkpoint, tmp_path / "masks")
+    report = run_inference(settings, tmp_path / "sub.csv")
+    assert list(report.failed) == [broken.name.rsplit("_", 1)[0]]
+    assert not (tmp_path / "sub.csv").exists()  # no CSV until every image is done
     partial = tmp_path / "sub.csv.partial.jsonl"
     lines = partial.read_text().splitlines()
-    partial.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # 2 rows kept, 1 cut short as by a kill
-    (tmp_path / "sub.csv").unlink()
+    assert len(lines) == 1 + 5  # the fingerprint, then the five finished rows
+    partial.write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])  # last row cut short, as by a kill
+    broken.write_bytes(original)
     report = run_inference(settings, tmp_path / "sub.csv")
-    assert report.resumed == 2 and report.done == 4
+    assert (report.resumed, report.done, report.failed) == (4, 2, {})
     assert len(read_submission(tmp_path / "sub.csv")) == 6
+    assert not partial.exists()
 
 
 def test_partial_rows_of_other_settings_are_refused(tiny_synthetic, tiny_checkpoint, tmp_path):
-    run_inference(make_settings(tiny_synthetic, tiny_checkpoint, tmp_path / "masks"), tmp_path / "sub.csv")
+    (tmp_path / "sub.csv.partial.jsonl").write_text(json.dumps({"fingerprint": "another run"}) + "\n")
     with pytest.raises(ValueError, match="other settings"):
         run_inference(
             make_settings(tiny_synthetic, tiny_checkpoint, tmp_path / "masks", conf_how="max"), tmp_path / "sub.csv"
@@ -97,19 +108,6 @@ def test_missing_test_images_are_named_before_inference(tiny_synthetic, tiny_che
     (data / "sample_submission.csv").write_text("ID,ImageWidth,ImageHeight,PredictionString\nabsent,128,128,\n")
     with pytest.raises(FileNotFoundError, match="absent_red.png"):
         run_inference(make_settings(data, tiny_checkpoint, tmp_path / "masks"), tmp_path / "s.csv")
-
-
-def test_one_broken_image_is_reported_and_the_rest_kept(tiny_synthetic, tiny_checkpoint, tmp_path):
-    import shutil
-
-    data = tmp_path / "data"
-    shutil.copytree(tiny_synthetic, data)
-    broken = sorted((data / "test").glob("*_green.png"))[0]
-    broken.write_bytes(b"not a png")
-    report = run_inference(make_settings(data, tiny_checkpoint, tmp_path / "masks"), tmp_path / "sub.csv")
-    assert list(report.failed) == [broken.name.rsplit("_", 1)[0]]
-    assert not (tmp_path / "sub.csv").exists()
-    assert len((tmp_path / "sub.csv.partial.jsonl").read_text().splitlines()) == 1 + 5
 
 
 def test_join_weights_probabilities_and_cams_by_how_join(tmp_path):
@@ -142,8 +140,8 @@ def test_cli_yaml_override_and_gradcam(tiny_synthetic, tiny_checkpoint, tmp_path
         "--mask_dir", str(tmp_path / "masks"), "--num_workers", "0", "--score_size", "128", "--cam_size", "32",
         "--cam_method", "gradcam", "--tta_scales", "[1.0, 1.25]", "--conf_how", "max",
     )  # fmt: skip
-    first = json.loads((tmp_path / "sub.csv.partial.jsonl").read_text().splitlines()[0])["fingerprint"]
-    assert '"cam_method": "gradcam"' in first and '"conf_how": "max"' in first and "1.25" in first
+    resolved = yaml.safe_load((tmp_path / "sub.csv.config.yaml").read_text())
+    assert (resolved["cam_method"], resolved["conf_how"], resolved["tta_scales"]) == ("gradcam", "max", [1.0, 1.25])
     assert len(read_submission(tmp_path / "sub.csv")) == 6
 
 

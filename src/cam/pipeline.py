@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -269,6 +270,10 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
         raise ValueError("stage 'test' needs image probabilities: one ckpt_paths entry must join 'both' or 'pred'")
     MaskCache(settings.mask_dir, settings.mask_backend, settings.mask_params)  # manifest check before the run
 
+    # the resolved settings beside the output, so any submission can be reproduced
+    write_text_atomic(
+        out_path.with_name(out_path.name + ".config.yaml"), yaml.safe_dump(vars(settings), sort_keys=False)
+    )
     partial = PartialRows(out_path.with_name(out_path.name + ".partial.jsonl"), settings.fingerprint())
     resumed = sum(1 for i in ids if i in partial.rows)
     todo = [i for i in ids if i not in partial.rows]
@@ -344,8 +349,8 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
         partial.close()
 
     if not failed:
-        rows = [partial.rows[i] for i in ids]
-        write_submission(out_path, rows)
+        write_submission(out_path, [partial.rows[i] for i in ids])
+        partial.path.unlink()  # complete: a later run with new checkpoints at the same paths starts afresh
     return InferReport(out_path=out_path, done=len(todo) - len(failed), resumed=resumed, failed=failed)
 
 
