@@ -67,3 +67,28 @@ def test_dark_cell_is_negative_even_when_activated():
 def test_unknown_conf_how_is_rejected():
     with pytest.raises(ValueError, match="conf_how"):
         CellScoreConfig(conf_how="median")
+
+
+def test_keep_inactive_emits_unkept_classes_below_every_activated_cell():
+    cell_mask, nuclei_mask, green = _two_cells()
+    cams = np.zeros((NUM_CLASSES, 64, 64), np.float32)
+    cams[7, 4:30, 4:30] = 1.0  # Golgi active in cell 1 only
+    probs = np.zeros(NUM_CLASSES, np.float32)
+    probs[7] = 0.8
+    config = CellScoreConfig(conf_how="max", keep_inactive=True)
+    scores = score_cells(probs, cams, cell_mask, nuclei_mask, green, config)
+    assert scores[1] == {7: pytest.approx(0.8)}
+    assert scores[2][7] == pytest.approx(0.8 * config.inactive_floor)  # kept for recall, ranked last
+    assert scores[2][NEGATIVE] == pytest.approx(0.75)
+
+
+def test_cam_weight_blends_image_probability_and_activation():
+    cell_mask, nuclei_mask, green = _two_cells()
+    cams = np.zeros((NUM_CLASSES, 64, 64), np.float32)
+    cams[0, 4:30, 4:30] = 0.5
+    probs = np.zeros(NUM_CLASSES, np.float32)
+    probs[0] = 0.6
+    scores = score_cells(probs, cams, cell_mask, nuclei_mask, green, CellScoreConfig(conf_how="max", cam_weight=0.5))
+    assert scores[1] == {0: pytest.approx(0.6 * (0.5 + 0.5 * 0.5))}
+    with pytest.raises(ValueError, match="cam_weight"):
+        CellScoreConfig(cam_weight=1.5)

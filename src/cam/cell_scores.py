@@ -29,10 +29,18 @@ class CellScoreConfig:
     min_green_mean: float = 1.0  # cells darker than this in the protein channel are Negative
     min_cell_fraction: float = 0.0  # cells smaller than (side * fraction)^2 pixels are left out (reference: 0.01)
     negative_scale: float = 0.75
+    # Also emit the classes a cell does not keep, at p x (score + inactive_floor): AP counts every
+    # true cell that is never predicted as lost recall, so a low-ranked guess beats no guess.
+    keep_inactive: bool = False
+    inactive_floor: float = 1e-3
+    # confidence = p x ((1 - cam_weight) + cam_weight x activation); 1 is the 15th place's p x activation
+    cam_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.conf_how not in CONF_HOWS:
             raise ValueError(f"conf_how must be one of {CONF_HOWS}, got {self.conf_how!r}")
+        if not 0.0 <= self.cam_weight <= 1.0:
+            raise ValueError(f"cam_weight must lie in [0, 1], got {self.cam_weight}")
 
 
 @dataclass
@@ -162,12 +170,13 @@ def score_cells(
     considered = considered[considered != NEGATIVE]
     probs = image_probs[considered][None, :]
     rate = stats.cam_rate[:, considered]
-    confidence = {
-        "max": probs * stats.cam_max[:, considered],
-        "mean": probs * stats.cam_mean_pos[:, considered],
-        "cam_rate": probs * stats.cam_max[:, considered] * rate,
-        "cam_rate_mean": probs * stats.cam_mean_pos[:, considered] * rate,
+    activation = {
+        "max": stats.cam_max[:, considered],
+        "mean": stats.cam_mean_pos[:, considered],
+        "cam_rate": stats.cam_max[:, considered] * rate,
+        "cam_rate_mean": stats.cam_mean_pos[:, considered] * rate,
     }[config.conf_how]
+    confidence = probs * ((1.0 - config.cam_weight) + config.cam_weight * activation)
     keep = (rate >= config.cam_rate_thresh) | (stats.cam_high_rate[:, considered] >= config.cam_high_rate_thresh)
     bright = stats.green_mean >= config.min_green_mean
 
@@ -175,9 +184,13 @@ def score_cells(
     for row, cell_id in enumerate(stats.cell_ids):
         kept = np.flatnonzero(keep[row]) if bright[row] else []
         if len(kept):
-            scores[int(cell_id)] = {int(considered[k]): float(confidence[row, k]) for k in kept}
+            cell = {int(considered[k]): float(confidence[row, k]) for k in kept}
         else:
             inactive = np.median(1.0 - rate[row]) if rate.shape[1] and bright[row] else 1.0
             weight = max(1e-6, (inactive - 0.9) / 0.1)
-            scores[int(cell_id)] = {NEGATIVE: config.negative_scale * weight}
+            cell = {NEGATIVE: config.negative_scale * weight}
+        if config.keep_inactive and bright[row]:
+            for k in np.flatnonzero(~keep[row]):
+                cell[int(considered[k])] = float(confidence[row, k] + probs[0, k] * config.inactive_floor)
+        scores[int(cell_id)] = cell
     return scores

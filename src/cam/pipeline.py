@@ -62,6 +62,8 @@ class InferConfig:
     cam_high_rate_thresh: float = 0.04
     min_green_mean: float = 1.0
     min_cell_fraction: float = 0.0
+    keep_inactive: bool = False
+    cam_weight: float = 1.0
     batch_size: int = 8
     num_workers: int = 2
     device: str = "auto"
@@ -106,6 +108,8 @@ class InferConfig:
             cam_high_rate_thresh=self.cam_high_rate_thresh,
             min_green_mean=self.min_green_mean,
             min_cell_fraction=self.min_cell_fraction,
+            keep_inactive=self.keep_inactive,
+            cam_weight=self.cam_weight,
         )
 
     def fingerprint(self) -> str:
