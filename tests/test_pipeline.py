@@ -1,0 +1,58 @@
+"""scripts/run_pipeline.sh end to end at a tiny scale: every stage, the table, and a resumed re-run."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT, run_script
+
+STAGES = ("image_prob", "cam_round0", "cam_round1", "segmentation", "ensemble")
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    env = dict(
+        os.environ,
+        PYTHON=os.environ.get("PYTHON", str(ROOT / ".venv" / "bin" / "python")),
+        DATA_DIR=str(root / "data"), OUT_DIR=str(root / "out"), NUM_TRAIN="24", NUM_TEST="6", IMAGE_SIZE="128",
+        TIMM="test_resnet", INPUT_SIZE="64", BATCH_SIZE="8", NUM_WORKERS="0", EPOCHS0="1", EPOCHS1="1",
+        EPOCHS_SEGM="1", K_CLUSTER="2", ACCELERATOR="cpu",
+    )  # fmt: skip
+    result = subprocess.run(
+        ["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root, env, result.stdout
+
+
+def test_pipeline_prints_the_table_of_every_stage(pipeline_run):
+    root, _, stdout = pipeline_run
+    report = json.loads((root / "out" / "evaluation.json").read_text())
+    assert set(report["results"]) == {*STAGES, "image-label floor"}
+    for result in report["results"].values():
+        assert 0.0 <= result["mAP"] <= 1.0
+    assert "image-label floor" in stdout and "submission:" in stdout
+
+
+def test_pipeline_submission_scores_with_evaluate(pipeline_run, tmp_path):
+    root, _, _ = pipeline_run
+    run_script(
+        "evaluate.py", "--submission", str(root / "out" / "submission.csv"), "--truth_dir", str(root / "data" / "truth"),
+        "--split_csv", str(root / "data" / "sample_submission.csv"), "--json", str(tmp_path / "eval.json"),
+    )  # fmt: skip
+    score = json.loads((tmp_path / "eval.json").read_text())["results"]["submission"]["mAP"]
+    ensemble = json.loads((root / "out" / "evaluation.json").read_text())["results"]["ensemble"]["mAP"]
+    assert score == pytest.approx(ensemble)
+
+
+def test_pipeline_rerun_skips_finished_stages(pipeline_run):
+    _, env, _ = pipeline_run
+    result = subprocess.run(
+        ["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    skipped = [line for line in result.stdout.splitlines() if line.endswith("done earlier, skipped")]
+    assert len(skipped) == 5 + len(STAGES)  # round0, sub_labels, round1, pseudo_labels, segmentation + inference
