@@ -29,6 +29,7 @@ from src.cam.score_job import IMAGE_PROB, init_scorer, score_image
 from src.cam.sources import CAM_METHODS, CheckpointSpec, join_sources, load_sources
 from src.cells.cache import MaskCache, shard_ids
 from src.data.atomic import write_text_atomic
+from src.data.classes import CHANNELS
 from src.data.io import channel_path, labels_to_multihot, read_labels, read_rgby, resize_image
 from src.submission.codec import SUBMISSION_COLUMNS, read_submission, write_submission
 
@@ -133,12 +134,8 @@ def split_image_ids(data_dir: str | os.PathLike, split: str) -> list[str]:
 
 def check_images_exist(data_dir: str | os.PathLike, split: str, ids: list[str], ext: str) -> None:
     """Raise FileNotFoundError listing the first missing channel files, before any heavy work."""
-    missing = [
-        str(channel_path(data_dir, image_id, color, split, ext))
-        for image_id in ids
-        for color in ("red", "green", "blue", "yellow")
-        if not channel_path(data_dir, image_id, color, split, ext).is_file()
-    ]
+    paths = (channel_path(data_dir, image_id, color, split, ext) for image_id in ids for color in CHANNELS)
+    missing = [str(path) for path in paths if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} channel file(s) of the {split} split are missing, e.g. {missing[:3]}")
 

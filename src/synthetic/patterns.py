@@ -50,6 +50,16 @@ def _in_cytoplasm(rng: np.random.Generator, cell: CellGeometry, count: int, bias
     return cell.nucleus_centre[None, :] + np.stack([np.cos(angles), np.sin(angles)], axis=-1) * dist[:, None]
 
 
+def _draw_paths_in_cell(canvas: np.ndarray, scene: Scene, k: int, cell: CellGeometry, paths: np.ndarray) -> None:
+    """Draw (P, V, 2) polylines at three intensities into ``canvas``, clipped to the pixels of cell ``k``."""
+    rows, cols = cell_box(cell, scene.size)
+    crop = np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=np.float32)
+    for group, value in enumerate((0.5, 0.75, 1.0)):
+        draw_polylines(crop, paths[group::3], (cols.start, rows.start), value)
+    own = scene.cell_mask[rows, cols] == k
+    canvas[rows, cols][own] = crop[own]
+
+
 def _nucleoplasm(scene: Scene) -> np.ndarray:
     return scene.nucleus * (1.0 - 0.9 * scene.nucleoli) * (0.85 + 0.15 * scene.fine)
 
@@ -150,12 +160,7 @@ def _pattern_actin_filaments(scene: Scene, rng: np.random.Generator, cell_ids: n
         mid = cell.centre[None, :] + normal * offsets
         reach = 1.5 * cell.max_cell_radius()
         paths = np.stack([mid - along * reach, mid + along * reach], axis=1)
-        rows, cols = cell_box(cell, scene.size)
-        crop = np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=np.float32)
-        for group, value in enumerate((0.5, 0.75, 1.0)):
-            draw_polylines(crop, paths[group::3], (cols.start, rows.start), value)
-        own = scene.cell_mask[rows, cols] == k
-        canvas[rows, cols][own] = crop[own]
+        _draw_paths_in_cell(canvas, scene, k, cell, paths)
     fibres = canvas * np.clip(0.6 + 0.5 * scene.medium, 0.2, 1.0)
     cortex = np.exp(-scene.dist_edge / (1.5 * scene.scale)) * (scene.cell_mask > 0)
     return np.maximum(fibres, 0.9 * cortex) + 0.08 * scene.cytoplasm
@@ -195,12 +200,7 @@ def _pattern_mitochondria(scene: Scene, rng: np.random.Generator, cell_ids: np.n
         paths = random_walk_paths(
             rng, starts, rng.uniform(0, 2 * np.pi, count), step, int(rng.integers(2, 5)), wiggle=0.4
         )
-        rows, cols = cell_box(cell, scene.size)
-        crop = np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=np.float32)
-        for group, value in enumerate((0.5, 0.75, 1.0)):
-            draw_polylines(crop, paths[group::3], (cols.start, rows.start), value)
-        own = scene.cell_mask[rows, cols] == k
-        canvas[rows, cols][own] = crop[own]
+        _draw_paths_in_cell(canvas, scene, k, cell, paths)
     return gaussian_blur(canvas, 0.5 * scene.scale) * scene.cytoplasm
 
 
