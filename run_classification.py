@@ -12,6 +12,7 @@ Logs, checkpoints (best val loss and last) and hparams.yaml land in
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from src.data.classes import NUM_CLASSES
 from src.metrics import load_truth
-from src.models.factory import check_model_name, create_classifier
+from src.models.factory import check_model_name, create_classifier, parse_timm_kwargs
 from src.models.losses import LOSS_NAMES, build_criterion
 from src.sccam.sub_labels import read_sub_label_table
 from src.segmentation.network import check_input_size, create_segmentation_network
@@ -80,6 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     model = parser.add_argument_group("model")
     model.add_argument("--timm_model_name", default="resnet50")
+    model.add_argument(
+        "--timm_kwargs",
+        default="{}",
+        help="extra timm.create_model arguments as JSON, e.g. '{\"output_stride\": 16}' for finer CAMs",
+    )
     model.add_argument("--num_inchannels", type=int, default=4, choices=(3, 4), help="3: RGB, 4: RGBY")
     model.add_argument("--backbone_ckpt", default=None, help="local timm/torchvision state dict (no download ever)")
     model.add_argument("--loss", choices=LOSS_NAMES, default="focal")
@@ -164,8 +170,9 @@ def check_start_checkpoint(args: argparse.Namespace) -> tuple[str | None, str | 
         ("num_classes", NUM_CLASSES),
         ("num_inchannels", args.num_inchannels),
         ("timm_model_name", args.timm_model_name),
+        ("timm_kwargs", args.timm_kwargs),
     ):
-        have = saved.get(key, NUM_CLASSES if key == "num_classes" else None)
+        have = saved.get(key, {"num_classes": NUM_CLASSES, "timm_kwargs": "{}"}.get(key))
         if have != want:
             raise ValueError(f"--ckpt_path {args.ckpt_path} has {key}={have!r} but this run asks for {want!r}")
     saved_round = int(saved.get("round_nb", 0))
@@ -221,6 +228,8 @@ def check_segmentation_args(args: argparse.Namespace) -> SegmTargetReader | None
 def main(args: argparse.Namespace) -> None:
     resolve_trainer_args(args)
     check_model_name(args.timm_model_name)
+    timm_kwargs = parse_timm_kwargs(args.timm_kwargs)
+    args.timm_kwargs = json.dumps(timm_kwargs, sort_keys=True)
     segm_reader = check_segmentation_args(args)
     args.num_classes = NUM_CLASSES
     sub_labels, args.k_cluster = None, None
@@ -258,7 +267,9 @@ def main(args: argparse.Namespace) -> None:
             load_truth(args.segm_truth_dir, datamodule.frame.loc[datamodule.frame["fold"] == args.val_fold, "ID"])
     pl.seed_everything(args.seed, workers=True, verbose=False)
     if segm_reader is not None:
-        network = create_segmentation_network(args.timm_model_name, args.num_inchannels, args.backbone_ckpt)
+        network = create_segmentation_network(
+            args.timm_model_name, args.num_inchannels, args.backbone_ckpt, timm_kwargs
+        )
     else:
         network = create_classifier(
             args.timm_model_name,
@@ -266,6 +277,7 @@ def main(args: argparse.Namespace) -> None:
             NUM_CLASSES,
             NUM_CLASSES * (args.k_cluster or 0),
             args.backbone_ckpt,
+            timm_kwargs,
         )
     if init_path is not None:
         load_parent_weights(network, init_path)

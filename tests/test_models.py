@@ -5,7 +5,7 @@ import timm
 import torch
 import torchvision
 
-from src.models.factory import adapt_first_conv, check_model_name, create_classifier
+from src.models.factory import adapt_first_conv, build_network, check_model_name, create_classifier, parse_timm_kwargs
 from src.models.losses import ClassificationLoss, merge_tiles, sigmoid_focal_loss, soft_f1_loss, tile_images
 
 
@@ -22,6 +22,31 @@ def test_classifier_gives_feature_map_logits_and_sub_logits():
     assert outputs["logits"].shape == (2, 19)
     assert outputs["sub_logits"].shape == (2, 57)
     assert network.get_classifier().weight.shape == (19, network.num_features, 1, 1)
+
+
+def test_timm_kwargs_output_stride_doubles_the_feature_map_and_survives_hparams():
+    coarse = create_classifier("resnet18", timm_kwargs={"channels": [8, 16, 32, 64]})
+    fine = build_network(
+        {"timm_model_name": "resnet18", "timm_kwargs": '{"channels": [8, 16, 32, 64], "output_stride": 16}'}
+    )
+    with torch.no_grad():
+        coarse_map = coarse.forward_features(torch.randn(1, 4, 128, 128))
+        fine_map = fine.forward_features(torch.randn(1, 4, 128, 128))
+    assert coarse_map.shape == (1, 64, 4, 4) and fine_map.shape == (1, 64, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("[16]", "JSON object"), ("{output_stride: 16}", "not JSON"), ('{"in_chans": 3}', "factory sets")],
+)
+def test_bad_timm_kwargs_are_named(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_timm_kwargs(text)
+
+
+def test_timm_kwargs_the_architecture_does_not_take_are_named():
+    with pytest.raises(ValueError, match="no_such_argument"):
+        create_classifier("test_resnet", timm_kwargs={"no_such_argument": 1})
 
 
 def test_logits_are_the_spatial_mean_of_the_unrectified_cam():

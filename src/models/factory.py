@@ -8,6 +8,7 @@ feature map). For SC-CAM round >= 1 a second 1x1 head scores the 19*k sub-catego
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -36,14 +37,51 @@ def check_model_name(name: str) -> None:
     raise ValueError(f"unknown timm model name {name!r} ({len(names)} names in timm.list_models()){hint}")
 
 
-def create_backbone(name: str, in_chans: int = 4) -> nn.Module:
-    """A timm backbone without pooling and classifier: ``forward_features`` gives (N, C, h, w).
+def parse_timm_kwargs(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Extra ``timm.create_model`` keyword arguments from a JSON object string (``'{"output_stride": 16}'``).
 
     Raises:
-        ValueError: unknown name, or an architecture whose features are not a spatial map (e.g. ViT tokens).
+        ValueError: not a JSON object, or a key the factory sets itself.
+    """
+    if not text:
+        return {}
+    if isinstance(text, Mapping):
+        kwargs = dict(text)
+    else:
+        try:
+            kwargs = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--timm_kwargs {text!r} is not JSON: {error}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--timm_kwargs must be a JSON object such as '{{\"output_stride\": 16}}', got {text!r}")
+    reserved = sorted(set(kwargs) & {"pretrained", "num_classes", "global_pool", "in_chans", "features_only"})
+    if reserved:
+        raise ValueError(f"--timm_kwargs may not set {reserved}: the factory sets them")
+    return kwargs
+
+
+def create_backbone(name: str, in_chans: int = 4, timm_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """A timm backbone without pooling and classifier: ``forward_features`` gives (N, C, h, w).
+
+    Args:
+        name: timm architecture name.
+        in_chans: input channels.
+        timm_kwargs: extra ``timm.create_model`` arguments, e.g. ``{"output_stride": 16}`` for a finer
+            feature map (finer CAMs) or ``{"channels": [32, 64, 128, 256]}`` for a narrower ResNet.
+
+    Raises:
+        ValueError: unknown name, arguments the architecture does not take, or an architecture whose
+            features are not a spatial map (e.g. ViT tokens).
     """
     check_model_name(name)
-    backbone = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", in_chans=in_chans)
+    try:
+        backbone = timm.create_model(
+            name, pretrained=False, num_classes=0, global_pool="", in_chans=in_chans, **(timm_kwargs or {})
+        )
+    except TypeError as error:
+        raise ValueError(
+            f"timm model {name!r} does not take --timm_kwargs {dict(timm_kwargs or {})}: {error}"
+        ) from None
     if not hasattr(backbone, "num_features"):
         raise ValueError(f"timm model {name!r} does not report num_features; it cannot feed a CAM head")
     return backbone
@@ -116,6 +154,7 @@ def create_classifier(
     num_classes: int = NUM_CLASSES,
     num_sub_classes: int = 0,
     backbone_ckpt: str | os.PathLike | None = None,
+    timm_kwargs: Mapping[str, Any] | None = None,
 ) -> HPAClassifier:
     """Build an :class:`HPAClassifier` over ``timm.create_model(name, pretrained=False, ...)``.
 
@@ -125,10 +164,11 @@ def create_classifier(
         num_classes: parent classes.
         num_sub_classes: sub-category head size (19 * k) or 0.
         backbone_ckpt: optional local timm/torchvision state dict for the backbone; None starts from scratch.
+        timm_kwargs: extra ``timm.create_model`` arguments (see :func:`create_backbone`).
     """
     if in_chans not in (3, 4):
         raise ValueError(f"in_chans must be 3 or 4, got {in_chans}")
-    backbone = create_backbone(name, in_chans)
+    backbone = create_backbone(name, in_chans, timm_kwargs)
     if backbone_ckpt is not None:
         load_backbone_weights(backbone, backbone_ckpt, name)
     return HPAClassifier(backbone, backbone.num_features, num_classes, num_sub_classes)
@@ -137,19 +177,26 @@ def create_classifier(
 def build_network(hparams: Mapping[str, Any]) -> nn.Module:
     """The network a run's hyperparameters describe (what ``run_classification.py`` trains).
 
-    Reads ``timm_model_name``, ``num_inchannels``, ``num_classes``, ``round_nb``, ``k_cluster``; never loads
+    Reads ``timm_model_name``, ``timm_kwargs``, ``num_inchannels``, ``num_classes``, ``round_nb``, ``k_cluster``; never loads
     ``backbone_ckpt`` (a checkpoint's own weights replace it). A run with ``segm_label_dir`` (stage 2)
     gets the U-Net of :func:`src.segmentation.network.create_segmentation_network`.
     """
+    timm_kwargs = parse_timm_kwargs(hparams.get("timm_kwargs"))
     if hparams.get("segm_label_dir"):
         from src.segmentation.network import create_segmentation_network  # stage 2 imports this module
 
-        return create_segmentation_network(hparams["timm_model_name"], int(hparams.get("num_inchannels", 4)))
+        return create_segmentation_network(
+            hparams["timm_model_name"], int(hparams.get("num_inchannels", 4)), timm_kwargs=timm_kwargs
+        )
     round_nb = int(hparams.get("round_nb", 0))
     num_classes = int(hparams.get("num_classes", NUM_CLASSES))
     num_sub = num_classes * int(hparams["k_cluster"]) if round_nb > 0 else 0
     return create_classifier(
-        hparams["timm_model_name"], int(hparams.get("num_inchannels", 4)), num_classes, num_sub_classes=num_sub
+        hparams["timm_model_name"],
+        int(hparams.get("num_inchannels", 4)),
+        num_classes,
+        num_sub_classes=num_sub,
+        timm_kwargs=timm_kwargs,
     )
 
 

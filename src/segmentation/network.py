@@ -59,7 +59,10 @@ class SegmentationNetwork(nn.Module):
 
 
 def create_segmentation_network(
-    timm_model_name: str, in_chans: int = 4, backbone_ckpt: str | os.PathLike | None = None
+    timm_model_name: str,
+    in_chans: int = 4,
+    backbone_ckpt: str | os.PathLike | None = None,
+    timm_kwargs: Mapping[str, Any] | None = None,
 ) -> SegmentationNetwork:
     """``smp.Unet(encoder 'tu-{timm_model_name}', encoder_weights=None, in_chans, 20 classes)``; never downloads.
 
@@ -67,6 +70,8 @@ def create_segmentation_network(
         timm_model_name: any timm architecture with ``features_only`` support (``resnet18``, ``test_resnet``...).
         in_chans: 3 (RGB) or 4 (RGBY).
         backbone_ckpt: optional local timm/torchvision state dict for the encoder.
+        timm_kwargs: extra ``timm.create_model`` arguments for the encoder (``output_stride`` is left out:
+            the U-Net decoder needs the full stride-32 pyramid).
 
     Raises:
         ValueError: unknown timm name (with close names), or an encoder smp cannot build.
@@ -80,8 +85,9 @@ def create_segmentation_network(
             encoder_weights=None,
             in_channels=in_chans,
             classes=NUM_SEGM_CHANNELS,
+            **{k: v for k, v in (timm_kwargs or {}).items() if k != "output_stride"},
         )
-    except (RuntimeError, ValueError, KeyError, AttributeError) as error:
+    except (RuntimeError, ValueError, KeyError, AttributeError, TypeError) as error:
         raise ValueError(f"timm model {timm_model_name!r} cannot be a U-Net encoder: {error}") from None
     network = SegmentationNetwork(unet)
     if backbone_ckpt is not None:
