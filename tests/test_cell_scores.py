@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from src.cam.cell_scores import CellScoreConfig, cell_cam_stats, score_cells
+from src.cam.cell_scores import CellScoreConfig, cell_cam_stats, score_cells, segment_percentile
 from src.data.classes import NEGATIVE, NUM_CLASSES
 
 
@@ -92,3 +92,39 @@ def test_cam_weight_blends_image_probability_and_activation():
     assert scores[1] == {0: pytest.approx(0.6 * (0.5 + 0.5 * 0.5))}
     with pytest.raises(ValueError, match="cam_weight"):
         CellScoreConfig(cam_weight=1.5)
+
+
+def test_segment_percentile_matches_numpy_per_label():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 500)
+    values = rng.random(500)
+    result = segment_percentile(labels, values, num_ids=5, q=95.0)
+    for k in range(4):
+        assert result[k] == pytest.approx(np.percentile(values[labels == k], 95, method="lower"))
+    assert result[4] == 0.0  # no pixel of label 4
+
+
+def test_negative_dark_ranks_the_cell_without_protein_first():
+    cell_mask, nuclei_mask, green = _two_cells()
+    green[34:60, 34:60] = 4  # cell 2: background only
+    cams = np.zeros((NUM_CLASSES, 64, 64), np.float32)
+    cams[0] = 1.0  # the map cannot tell the cells apart
+    probs = np.zeros(NUM_CLASSES, np.float32)
+    probs[0] = 0.9
+    config = CellScoreConfig(conf_how="max", negative_how="dark", dark_reference_min=20.0)
+    scores = score_cells(probs, cams, cell_mask, nuclei_mask, green, config)
+    # reference = median of the cells' brightness (4 and 50) = 27: cell 1 is brighter, cell 2 is 1 - 4/27 dark
+    assert scores[1][NEGATIVE] == pytest.approx(0.0)
+    assert scores[2][NEGATIVE] == pytest.approx(1 - 4 / 27)
+    assert scores[1][0] == scores[2][0] == pytest.approx(0.9)
+
+
+def test_negative_from_prob_scales_the_negative_confidence():
+    cell_mask, nuclei_mask, green = _two_cells()
+    green[34:60, 34:60] = 0
+    cams = np.zeros((NUM_CLASSES, 64, 64), np.float32)
+    probs = np.zeros(NUM_CLASSES, np.float32)
+    config = CellScoreConfig(negative_how="dark", negative_from_prob=True)
+    assert score_cells(probs, cams, cell_mask, nuclei_mask, green, config)[2][NEGATIVE] == 0.0
+    probs[NEGATIVE] = 1.0
+    assert score_cells(probs, cams, cell_mask, nuclei_mask, green, config)[2][NEGATIVE] == pytest.approx(1.0)

@@ -15,6 +15,7 @@ import numpy as np
 from src.data.classes import NEGATIVE, NUM_CLASSES
 
 CONF_HOWS = ("max", "mean", "cam_rate", "cam_rate_mean")
+NEGATIVE_HOWS = ("inactive", "dark")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,14 @@ class CellScoreConfig:
     min_green_mean: float = 1.0  # cells darker than this in the protein channel are Negative
     min_cell_fraction: float = 0.0  # cells smaller than (side * fraction)^2 pixels are left out (reference: 0.01)
     negative_scale: float = 0.75
+    # Negative (18): 'inactive' (15th place) only for cells with no kept class, from how little of the cell is
+    # activated; 'dark' for every cell, from how dark its protein channel is: 1 - high(cell) / reference, where
+    # high is the cell's dark_percentile of the protein channel (99.9: sparse dots such as centrosomes count)
+    # and the reference the median high of the image's cells, but at least dark_reference_min (0..255 scale)
+    negative_how: str = "inactive"
+    dark_percentile: float = 99.9
+    dark_reference_min: float = 20.0
+    negative_from_prob: bool = False  # multiply the Negative confidence by p(18) (true labels in gen_pseudo)
     # Also emit the classes a cell does not keep, at p x (score + inactive_floor): AP counts every
     # true cell that is never predicted as lost recall, so a low-ranked guess beats no guess.
     keep_inactive: bool = False
@@ -41,6 +50,10 @@ class CellScoreConfig:
             raise ValueError(f"conf_how must be one of {CONF_HOWS}, got {self.conf_how!r}")
         if not 0.0 <= self.cam_weight <= 1.0:
             raise ValueError(f"cam_weight must lie in [0, 1], got {self.cam_weight}")
+        if not 0.0 <= self.dark_percentile <= 100.0:
+            raise ValueError(f"dark_percentile must lie in [0, 100], got {self.dark_percentile}")
+        if self.negative_how not in NEGATIVE_HOWS:
+            raise ValueError(f"negative_how must be one of {NEGATIVE_HOWS}, got {self.negative_how!r}")
 
 
 @dataclass
@@ -54,6 +67,7 @@ class CellStats:
         cam_rate: (K, C) fraction of cell pixels with CAM > 0 (max of cell and nucleus).
         cam_high_rate: (K, C) fraction with CAM >= cam_high_value (max of cell and nucleus).
         green_mean: (K,) mean protein-channel intensity of each cell.
+        green_high: (K,) high percentile (``dark_percentile``) of the protein channel inside each cell.
         area: (K,) cell area in pixels.
     """
 
@@ -63,11 +77,37 @@ class CellStats:
     cam_rate: np.ndarray
     cam_high_rate: np.ndarray
     green_mean: np.ndarray
+    green_high: np.ndarray
     area: np.ndarray
+
+    def darkness(self, reference_min: float) -> np.ndarray:
+        """(K,) in [0, 1]: 1 - green_high / reference, reference = max(median green_high of the cells, reference_min)."""
+        if not len(self.green_high):
+            return np.zeros(0)
+        reference = max(float(np.median(self.green_high)), reference_min)
+        return 1.0 - np.clip(self.green_high / reference, 0.0, 1.0)
+
+
+def segment_percentile(labels: np.ndarray, values: np.ndarray, num_ids: int, q: float) -> np.ndarray:
+    """(num_ids,) the q-th percentile (nearest rank below) of ``values`` within each label; 0 for empty labels.
+
+    Args:
+        labels: (P,) int labels in 0..num_ids-1.
+        values: (P,) numbers.
+        q: percentile in [0, 100].
+    """
+    order = np.lexsort((values, labels))
+    counts = np.bincount(labels, minlength=num_ids)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    picks = starts + np.floor((counts - 1).clip(min=0) * q / 100.0).astype(np.int64)
+    result = values[order][np.minimum(picks, len(values) - 1)].astype(np.float64) if len(values) else np.zeros(num_ids)
+    return np.where(counts > 0, result, 0.0)
 
 
 def _segment_stats(labels: np.ndarray, cam: np.ndarray, cam_high_value: float, num_ids: int):
     """Per-label sums over pixels: counts, positive counts, high counts, positive sums, max.
+
+    Pixels are sorted by label once; every statistic is then one ``reduceat`` over all classes.
 
     Args:
         labels: (P,) int label of each pixel (0 = background).
@@ -77,17 +117,23 @@ def _segment_stats(labels: np.ndarray, cam: np.ndarray, cam_high_value: float, n
     Returns:
         area (num_ids,), pos (C, num_ids), high (C, num_ids), pos_sum (C, num_ids), max (C, num_ids).
     """
-    area = np.bincount(labels, minlength=num_ids).astype(np.float64)
+    counts = np.bincount(labels, minlength=num_ids)
     num_classes = cam.shape[0]
-    offsets = (np.arange(num_classes)[:, None] * num_ids + labels[None, :]).ravel()
-    size = num_classes * num_ids
-    positive = (cam > 0).ravel()
-    pos = np.bincount(offsets, weights=positive, minlength=size).reshape(num_classes, num_ids)
-    high = np.bincount(offsets, weights=(cam >= cam_high_value).ravel(), minlength=size).reshape(num_classes, num_ids)
-    pos_sum = np.bincount(offsets, weights=np.where(positive, cam.ravel(), 0.0), minlength=size)
-    cam_max = np.zeros(size, dtype=np.float64)
-    np.maximum.at(cam_max, offsets, cam.ravel())
-    return area, pos, high, pos_sum.reshape(num_classes, num_ids), cam_max.reshape(num_classes, num_ids)
+    present = np.flatnonzero(counts)
+    stats = [np.zeros((num_classes, num_ids)) for _ in range(4)]
+    if len(present):
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
+        sorted_cam = cam[:, np.argsort(labels, kind="stable")]
+        positive = sorted_cam > 0
+        for out, values, reduce in (
+            (stats[0], positive, np.add),
+            (stats[1], sorted_cam >= cam_high_value, np.add),
+            (stats[2], np.where(positive, sorted_cam, 0.0), np.add),
+            (stats[3], sorted_cam, np.maximum),
+        ):
+            out[:, present] = reduce.reduceat(values, starts, axis=1)
+    pos, high, pos_sum, cam_max = stats
+    return counts.astype(np.float64), pos, high, pos_sum, cam_max
 
 
 def cell_cam_stats(
@@ -118,7 +164,9 @@ def cell_cam_stats(
     area, pos, high, pos_sum, cam_max = _segment_stats(cells, flat_cams, config.cam_high_value, num_ids)
     nuclei = nuclei_mask.ravel().astype(np.int64)
     nuc_area, nuc_pos, nuc_high, _, _ = _segment_stats(nuclei, flat_cams, config.cam_high_value, num_ids)
-    green_sum = np.bincount(cells, weights=green.ravel().astype(np.float64), minlength=num_ids)
+    green_flat = green.ravel().astype(np.float64)
+    green_sum = np.bincount(cells, weights=green_flat, minlength=num_ids)
+    green_high = segment_percentile(cells, green_flat, num_ids, config.dark_percentile)
 
     side = max(cell_mask.shape)
     min_area = (side * config.min_cell_fraction) ** 2
@@ -137,6 +185,7 @@ def cell_cam_stats(
         cam_rate=rate.T,
         cam_high_rate=high_rate.T,
         green_mean=green_sum[cell_ids] / a,
+        green_high=green_high[cell_ids],
         area=a,
     )
 
@@ -159,7 +208,8 @@ def score_cells(
         config: thresholds and ``conf_how``.
 
     Every cell at least ``min_cell_fraction`` in size gets at least one class; a cell darker
-    than ``min_green_mean`` in the protein channel is Negative.
+    than ``min_green_mean`` in the protein channel is Negative. With ``negative_how='dark'`` every
+    cell also gets Negative, with a confidence from the darkness of its protein channel.
     """
     if image_probs.shape != (NUM_CLASSES,) or cams.shape[0] != NUM_CLASSES:
         raise ValueError(
@@ -179,16 +229,19 @@ def score_cells(
     confidence = probs * ((1.0 - config.cam_weight) + config.cam_weight * activation)
     keep = (rate >= config.cam_rate_thresh) | (stats.cam_high_rate[:, considered] >= config.cam_high_rate_thresh)
     bright = stats.green_mean >= config.min_green_mean
+    darkness = stats.darkness(config.dark_reference_min)
+    negative_prob = float(image_probs[NEGATIVE]) if config.negative_from_prob else 1.0
 
     scores: dict[int, dict[int, float]] = {}
     for row, cell_id in enumerate(stats.cell_ids):
         kept = np.flatnonzero(keep[row]) if bright[row] else []
-        if len(kept):
-            cell = {int(considered[k]): float(confidence[row, k]) for k in kept}
-        else:
+        cell = {int(considered[k]): float(confidence[row, k]) for k in kept}
+        if config.negative_how == "dark":
+            cell[NEGATIVE] = negative_prob * float(darkness[row] if bright[row] else 1.0)
+        elif not len(kept):
             inactive = np.median(1.0 - rate[row]) if rate.shape[1] and bright[row] else 1.0
             weight = max(1e-6, (inactive - 0.9) / 0.1)
-            cell = {NEGATIVE: config.negative_scale * weight}
+            cell[NEGATIVE] = negative_prob * config.negative_scale * weight
         if config.keep_inactive and bright[row]:
             for k in np.flatnonzero(~keep[row]):
                 cell[int(considered[k])] = float(confidence[row, k] + probs[0, k] * config.inactive_floor)

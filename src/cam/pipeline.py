@@ -65,6 +65,10 @@ class InferConfig:
     min_cell_fraction: float = 0.0
     keep_inactive: bool = False
     cam_weight: float = 1.0
+    negative_how: str = "inactive"
+    dark_percentile: float = 99.9
+    dark_reference_min: float = 20.0
+    negative_from_prob: bool = False
     batch_size: int = 8
     num_workers: int = 2
     device: str = "auto"
@@ -111,6 +115,10 @@ class InferConfig:
             min_cell_fraction=self.min_cell_fraction,
             keep_inactive=self.keep_inactive,
             cam_weight=self.cam_weight,
+            negative_how=self.negative_how,
+            dark_percentile=self.dark_percentile,
+            dark_reference_min=self.dark_reference_min,
+            negative_from_prob=self.negative_from_prob,
         )
 
     def fingerprint(self) -> str:
