@@ -18,14 +18,21 @@ NUM_TEST=${NUM_TEST:-100}
 IMAGE_SIZE=${IMAGE_SIZE:-512}          # synthetic image side
 SEED=${SEED:-0}
 OUT_DIR=${OUT_DIR:-outputs/synthetic}
-TIMM=${TIMM:-resnet18}
+if [ -z "${TIMM:-}" ]; then  # default backbone: a half-width resnet18 at output stride 16 (twice the CAM resolution)
+  TIMM=resnet18
+  TIMM_KWARGS=${TIMM_KWARGS-'{"channels": [32, 64, 128, 256], "output_stride": 16}'}
+fi
+TIMM_KWARGS=${TIMM_KWARGS:-'{}'}       # extra timm.create_model arguments (JSON); {} for a backbone named in TIMM
 INPUT_SIZE=${INPUT_SIZE:-256}
+AUG_MODE=${AUG_MODE:-2}                # flips + rotate90: crops would drop the cells that carry a label
 BATCH_SIZE=${BATCH_SIZE:-16}
 SEGM_BATCH_SIZE=${SEGM_BATCH_SIZE:-$BATCH_SIZE}
+SEGM_CROP_SIZE=${SEGM_CROP_SIZE:-$((INPUT_SIZE / 2))}  # U-Net trains on random crops: per-pixel targets need no whole image
+DECODER_CHANNELS=${DECODER_CHANNELS:-64,32,16,16,16}
 NUM_WORKERS=${NUM_WORKERS:-2}
 EPOCHS0=${EPOCHS0:-12}
-EPOCHS1=${EPOCHS1:-8}
-EPOCHS_SEGM=${EPOCHS_SEGM:-10}
+EPOCHS1=${EPOCHS1:-6}
+EPOCHS_SEGM=${EPOCHS_SEGM:-16}
 OPTIM=${OPTIM:-adam}
 LR0=${LR0:-1e-3}
 LR1=${LR1:-5e-4}
@@ -40,13 +47,14 @@ EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:-}   # e.g. "--use_ext_data --ext_data_csv .
 
 DONE="$OUT_DIR/.done"
 mkdir -p "$DONE"
-stage() { [ -f "$DONE/$1" ] && { echo "== $1: done earlier, skipped"; return 1; }; echo "== $1"; return 0; }
-finish() { touch "$DONE/$1"; }
+stage() { [ -f "$DONE/$1" ] && { echo "== $1: done earlier, skipped"; return 1; }; echo "== $1"; STAGE_START=$SECONDS; return 0; }
+finish() { touch "$DONE/$1"; echo "== $1: finished in $((SECONDS - STAGE_START)) s"; }
 last_ckpt() { ls -d "$1"/lightning_logs/version_* | sort -V | tail -n 1 | sed 's#$#/checkpoints/last.ckpt#'; }
 train() {  # train ROOT_DIR EPOCHS LR [args...]
   local root=$1 epochs=$2 lr=$3; shift 3
-  $PYTHON run_classification.py --data_dir "$DATA_DIR" --timm_model_name "$TIMM" --input_size "$INPUT_SIZE" \
-    --batch_size "$BATCH_SIZE" --num_workers "$NUM_WORKERS" --max_epochs "$epochs" --optim_name "$OPTIM" --lr "$lr" \
+  $PYTHON run_classification.py --data_dir "$DATA_DIR" --timm_model_name "$TIMM" --timm_kwargs "$TIMM_KWARGS" \
+    --input_size "$INPUT_SIZE" --aug_mode "$AUG_MODE" --batch_size "$BATCH_SIZE" --num_workers "$NUM_WORKERS" \
+    --max_epochs "$epochs" --optim_name "$OPTIM" --lr "$lr" \
     --accelerator "$ACCELERATOR" --devices "$DEVICES" --precision "$PRECISION" --seed "$SEED" \
     --default_root_dir "$root" $EXTRA_TRAIN_ARGS "$@"
 }
@@ -92,7 +100,8 @@ TRUTH_ARGS=()
 [ -d "$DATA_DIR/truth" ] && TRUTH_ARGS=(--segm_truth_dir "$DATA_DIR/truth")
 if stage segmentation; then
   train "$OUT_DIR/segm_train" "$EPOCHS_SEGM" "$LR_SEGM" --segm_label_dir "$OUT_DIR/segm" \
-    --segm_thresh "$SEGM_THRESH" --batch_size "$SEGM_BATCH_SIZE" "${TRUTH_ARGS[@]}"
+    --segm_thresh "$SEGM_THRESH" --batch_size "$SEGM_BATCH_SIZE" --crop_size "$SEGM_CROP_SIZE" \
+    --decoder_channels "$DECODER_CHANNELS" "${TRUTH_ARGS[@]}"
   finish segmentation
 fi
 SEGM=$(last_ckpt "$OUT_DIR/segm_train")
@@ -125,3 +134,4 @@ fi
 echo "submission:   $OUT_DIR/submission.csv"
 echo "checkpoints:  $ROUND0, $ROUND1, $SEGM"
 echo "tensorboard:  .venv/bin/tensorboard --logdir $OUT_DIR"
+echo "elapsed:      $SECONDS s (this run)"

@@ -13,7 +13,7 @@ from src.cam.sources import CheckpointSpec, ClassifierSource, load_sources
 from src.cells.cache import mask_path, read_masks
 from src.config import CONFIG_DIR, load_yaml
 from src.metrics import evaluate_submission, load_truth
-from src.segmentation.network import create_segmentation_network, segmentation_maps
+from src.segmentation.network import create_segmentation_network, parse_decoder_channels, segmentation_maps
 from src.segmentation.targets import (
     ERROR_FILE,
     SegmTargetReader,
@@ -110,6 +110,14 @@ def test_unet_takes_any_timm_encoder_and_names_unknown_ones():
     assert network(torch.zeros(1, 4, 64, 64))["logits"].shape == (1, 20, 64, 64)
     with pytest.raises(ValueError, match="unknown timm model name 'resnet_18'"):
         create_segmentation_network("resnet_18")
+
+
+def test_decoder_channels_set_the_unet_widths_and_bad_ones_are_named():
+    network = create_segmentation_network("test_resnet", decoder_channels=(32, 16, 8, 8, 8))
+    assert network(torch.zeros(1, 4, 64, 64))["logits"].shape == (1, 20, 64, 64)
+    assert network.unet.decoder.blocks[-1].conv2[0].out_channels == 8
+    with pytest.raises(ValueError, match="--decoder_channels"):
+        parse_decoder_channels("64,32")
 
 
 def truth_pseudo_csv(data_dir: Path, path: Path) -> Path:

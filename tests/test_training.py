@@ -210,6 +210,28 @@ def test_mask_target_is_augmented_together_with_the_image(kaggle_data, tmp_path)
         torch.testing.assert_close(sample["target"][0], (sample["image"][1] > 100).float())
 
 
+def test_training_crops_keep_image_and_mask_aligned_and_validation_sees_the_whole_image(kaggle_data, tmp_path):
+    def green_band_mask(image_id: str, shape: tuple[int, int]) -> np.ndarray:
+        green = resize_image(read_rgby(kaggle_data, image_id), shape[::-1])[..., 1]
+        return (green > 100).astype(np.float32)[..., None]
+
+    datamodule = HPADataModule(
+        kaggle_data, input_size=64, crop_size=32, cache_dir=tmp_path / "cache", num_workers=0, aug_mode=2,
+        mask_reader=green_band_mask,
+    )  # fmt: skip
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    sample = datamodule.train_set[0]
+    assert sample["image"].shape == (4, 32, 32) and sample["target"].shape == (1, 32, 32)
+    torch.testing.assert_close(sample["target"][0], (sample["image"][1] > 100).float())
+    assert datamodule.val_set[0]["image"].shape == (4, 64, 64)
+
+
+def test_crop_larger_than_the_input_is_refused(kaggle_data):
+    with pytest.raises(ValueError, match="--crop_size 96"):
+        HPADataModule(kaggle_data, input_size=64, crop_size=96, num_workers=0)
+
+
 def test_extra_data_rows_of_the_mode_join_training_only(kaggle_data, tmp_path):
     ext_dir = tmp_path / "extra"
     (ext_dir / "publichpa").mkdir(parents=True)

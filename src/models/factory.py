@@ -183,10 +183,17 @@ def build_network(hparams: Mapping[str, Any]) -> nn.Module:
     """
     timm_kwargs = parse_timm_kwargs(hparams.get("timm_kwargs"))
     if hparams.get("segm_label_dir"):
-        from src.segmentation.network import create_segmentation_network  # stage 2 imports this module
+        from src.segmentation.network import (  # stage 2 imports this module
+            DECODER_CHANNELS,
+            create_segmentation_network,
+            parse_decoder_channels,
+        )
 
         return create_segmentation_network(
-            hparams["timm_model_name"], int(hparams.get("num_inchannels", 4)), timm_kwargs=timm_kwargs
+            hparams["timm_model_name"],
+            int(hparams.get("num_inchannels", 4)),
+            timm_kwargs=timm_kwargs,
+            decoder_channels=parse_decoder_channels(hparams.get("decoder_channels", DECODER_CHANNELS)),
         )
     round_nb = int(hparams.get("round_nb", 0))
     num_classes = int(hparams.get("num_classes", NUM_CLASSES))

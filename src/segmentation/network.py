@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -24,6 +24,18 @@ from src.segmentation.targets import BACKGROUND, NUM_SEGM_CHANNELS
 logger = logging.getLogger(__name__)
 
 OUTPUT_STRIDE = 32  # U-Net inputs must be a multiple of this
+DECODER_CHANNELS = (256, 128, 64, 32, 16)  # smp's default; lighter decoders train several times faster on a CPU
+
+
+def parse_decoder_channels(text: str | Sequence[int]) -> tuple[int, ...]:
+    """Five positive decoder widths from ``'64,32,16,16,16'`` (or a sequence); ValueError naming the flag."""
+    try:
+        channels = tuple(int(c) for c in (text.split(",") if isinstance(text, str) else text))
+    except ValueError:
+        raise ValueError(f"--decoder_channels {text!r}: expected five comma-separated integers") from None
+    if len(channels) != len(DECODER_CHANNELS) or min(channels) <= 0:
+        raise ValueError(f"--decoder_channels {text!r}: expected five positive integers, e.g. 64,32,16,16,16")
+    return channels
 
 
 def encoder_name(timm_model_name: str) -> str:
@@ -31,10 +43,10 @@ def encoder_name(timm_model_name: str) -> str:
     return f"tu-{timm_model_name}"
 
 
-def check_input_size(input_size: int) -> None:
+def check_input_size(input_size: int, flag: str = "--input_size") -> None:
     """Raise ValueError unless ``input_size`` is a positive multiple of 32 (the U-Net's output stride)."""
     if input_size <= 0 or input_size % OUTPUT_STRIDE:
-        raise ValueError(f"--input_size {input_size}: a U-Net needs a positive multiple of {OUTPUT_STRIDE}")
+        raise ValueError(f"{flag} {input_size}: a U-Net needs a positive multiple of {OUTPUT_STRIDE}")
 
 
 class SegmentationNetwork(nn.Module):
@@ -63,6 +75,7 @@ def create_segmentation_network(
     in_chans: int = 4,
     backbone_ckpt: str | os.PathLike | None = None,
     timm_kwargs: Mapping[str, Any] | None = None,
+    decoder_channels: Sequence[int] = DECODER_CHANNELS,
 ) -> SegmentationNetwork:
     """``smp.Unet(encoder 'tu-{timm_model_name}', encoder_weights=None, in_chans, 20 classes)``; never downloads.
 
@@ -72,6 +85,7 @@ def create_segmentation_network(
         backbone_ckpt: optional local timm/torchvision state dict for the encoder.
         timm_kwargs: extra ``timm.create_model`` arguments for the encoder (``output_stride`` is left out:
             the U-Net decoder needs the full stride-32 pyramid).
+        decoder_channels: widths of the five decoder blocks, deepest first.
 
     Raises:
         ValueError: unknown timm name (with close names), or an encoder smp cannot build.
@@ -85,6 +99,7 @@ def create_segmentation_network(
             encoder_weights=None,
             in_channels=in_chans,
             classes=NUM_SEGM_CHANNELS,
+            decoder_channels=tuple(decoder_channels),
             **{k: v for k, v in (timm_kwargs or {}).items() if k != "output_stride"},
         )
     except (RuntimeError, ValueError, KeyError, AttributeError, TypeError) as error:

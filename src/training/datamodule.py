@@ -181,7 +181,8 @@ class HPADataModule(pl.LightningDataModule):
         data_dir: folder with ``train.csv`` and ``train/{ID}_{red,green,blue,yellow}.png``.
         val_fold: validation fold (0..n_splits-1).
         n_splits: number of folds (cached as ``{data_dir}/folds_k{n}_seed0.csv``).
-        input_size: network input side.
+        input_size: side of the image the network sees at validation and inference.
+        crop_size: 0, or the side of random training crops of the input_size image.
         cache_size: side of the resized cache; 0 reads the originals every time.
         cache_dir: cache folder; default ``{data_dir}/cache_{cache_size}``.
         cache_format: png (compact) or npy (fastest to read).
@@ -200,6 +201,7 @@ class HPADataModule(pl.LightningDataModule):
         val_fold: int = 0,
         n_splits: int = 5,
         input_size: int = 512,
+        crop_size: int = 0,
         cache_size: int | None = None,
         cache_dir: str | os.PathLike | None = None,
         cache_format: str = "png",
@@ -224,9 +226,9 @@ class HPADataModule(pl.LightningDataModule):
             raise ValueError(f"--val_fold {val_fold} outside 0..{n_splits - 1}")
         if cache_format not in CACHE_FORMATS:
             raise ValueError(f"cache_format must be one of {CACHE_FORMATS}, got {cache_format!r}")
-        build_transforms(aug_mode, input_size, train=True)  # checks aug_mode now
+        build_transforms(aug_mode, input_size, train=True, crop_size=crop_size)  # checks aug_mode and crop now
         self.val_fold, self.n_splits = val_fold, n_splits
-        self.input_size = input_size
+        self.input_size, self.crop_size = input_size, crop_size
         self.cache_size = input_size if cache_size is None else cache_size
         self.cache_dir = None
         if self.cache_size > 0:
@@ -313,7 +315,7 @@ class HPADataModule(pl.LightningDataModule):
         return HPADataset(
             frame,
             self.targets[index],
-            build_transforms(self.aug_mode, self.input_size, train),
+            build_transforms(self.aug_mode, self.input_size, train, self.crop_size),
             in_chans=self.in_chans,
             cache_dir=self.cache_dir,
             cache_size=self.cache_size if self.cache_dir is not None else max(self.cache_size, self.input_size),
