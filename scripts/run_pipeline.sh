@@ -18,17 +18,19 @@ NUM_TEST=${NUM_TEST:-100}
 IMAGE_SIZE=${IMAGE_SIZE:-512}          # synthetic image side
 SEED=${SEED:-0}
 OUT_DIR=${OUT_DIR:-outputs/synthetic}
-if [ -z "${TIMM:-}" ]; then  # default backbone: a half-width resnet18 at output stride 16 (twice the CAM resolution)
-  TIMM=resnet18
+if [ -z "${TIMM:-}" ]; then  # CPU scale: a half-width resnet18 at output stride 16 (twice the CAM resolution),
+  TIMM=resnet18                # a light U-Net decoder trained on half-size crops
   TIMM_KWARGS=${TIMM_KWARGS-'{"channels": [32, 64, 128, 256], "output_stride": 16}'}
+  DECODER_CHANNELS=${DECODER_CHANNELS:-64,32,16,16,16}
+  SEGM_CROP_SIZE=${SEGM_CROP_SIZE:-$((${INPUT_SIZE:-256} / 2))}
 fi
 TIMM_KWARGS=${TIMM_KWARGS:-'{}'}       # extra timm.create_model arguments (JSON); {} for a backbone named in TIMM
 INPUT_SIZE=${INPUT_SIZE:-256}
 AUG_MODE=${AUG_MODE:-2}                # flips + rotate90: crops would drop the cells that carry a label
 BATCH_SIZE=${BATCH_SIZE:-16}
 SEGM_BATCH_SIZE=${SEGM_BATCH_SIZE:-$BATCH_SIZE}
-SEGM_CROP_SIZE=${SEGM_CROP_SIZE:-$((INPUT_SIZE / 2))}  # U-Net trains on random crops: per-pixel targets need no whole image
-DECODER_CHANNELS=${DECODER_CHANNELS:-64,32,16,16,16}
+SEGM_CROP_SIZE=${SEGM_CROP_SIZE:-0}    # U-Net trains on random crops of this side (0: whole images)
+DECODER_CHANNELS=${DECODER_CHANNELS:-256,128,64,32,16}  # U-Net decoder widths (smp's default)
 NUM_WORKERS=${NUM_WORKERS:-2}
 EPOCHS0=${EPOCHS0:-12}
 EPOCHS1=${EPOCHS1:-6}
@@ -124,11 +126,22 @@ for name in image_prob cam_round0 cam_round1 segmentation ensemble; do
   fi
 done
 cp "$OUT_DIR/submissions/ensemble.csv" "$OUT_DIR/submission.csv"
+NAMES=(image_prob cam_round0 cam_round1 segmentation ensemble)
+# With per-cell truth: the round-1 CAM row again on the true masks, to show what the cell masks cost.
+if [ -d "$DATA_DIR/truth/cell_masks" ]; then
+  if stage infer_cam_round1_truth_masks; then
+    infer src/config/kaggle_submission.yaml "$OUT_DIR/submissions/cam_round1_truth_masks.csv" \
+      --mask_backend precomputed --mask_dir "$DATA_DIR/masks/test_truth" --ckpt_paths "${RUNS[cam_round1]%|*}" \
+      --mask_params "{cell_dir: $DATA_DIR/truth/cell_masks, nuclei_dir: $DATA_DIR/truth/nuclei_masks}"
+    finish infer_cam_round1_truth_masks
+  fi
+  NAMES+=(cam_round1_truth_masks)
+fi
 
 if [ -d "$DATA_DIR/truth" ]; then
   $PYTHON evaluate.py --truth_dir "$DATA_DIR/truth" --split_csv "$DATA_DIR/sample_submission.csv" --floor \
     --json "$OUT_DIR/evaluation.json" \
-    $(for name in image_prob cam_round0 cam_round1 segmentation ensemble; do
+    $(for name in "${NAMES[@]}"; do
         echo "--submission $name=$OUT_DIR/submissions/$name.csv"; done)
 fi
 echo "submission:   $OUT_DIR/submission.csv"
