@@ -75,8 +75,10 @@ def plot_per_class_ap(evaluation: dict, path: Path) -> None:
     axis.set_xticklabels([f"{c} {CLASS_NAMES[c]}" for c in classes], rotation=40, ha="right", fontsize=9)
     axis.set_ylabel("single-cell AP (IoU 0.6)")
     axis.set_ylim(0, 1)
-    axis.legend(fontsize=9, ncol=2)
-    axis.set_title(f"Per-class single-cell AP on the synthetic benchmark's {evaluation['num_images']} test images")
+    axis.legend(fontsize=9, ncol=(len(names) + 1) // 2, loc="lower center", bbox_to_anchor=(0.5, 1.01), frameon=False)
+    axis.set_title(
+        f"Per-class single-cell AP on the synthetic benchmark's {evaluation['num_images']} test images", pad=44
+    )
     figure.tight_layout()
     save(figure, path)
 
@@ -134,24 +136,34 @@ def class_maps(checkpoint: Path, rgby: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return probs[0].numpy(), cams[0].numpy()
 
 
-def plot_cam_overlays(checkpoint: Path, images: list[tuple[str, np.ndarray]], path: Path, per_image: int = 4) -> None:
-    """Rows: images; columns: the image, then the CAMs of its most probable classes over it."""
+def plot_cam_overlays(
+    checkpoint: Path, images: list[tuple[str, list[int], np.ndarray]], path: Path, per_image: int = 4
+) -> None:
+    """Rows: images; columns: the image, then the CAMs of its true classes and of its most probable ones."""
     figure, axes = plt.subplots(len(images), per_image + 1, figsize=(3.4 * (per_image + 1), 3.6 * len(images)), dpi=100)
     axes = np.atleast_2d(axes)
-    for row, (title, rgby) in enumerate(images):
+    for row, (title, true_classes, rgby) in enumerate(images):
         small = cv2.resize(rgby, (512, 512), interpolation=cv2.INTER_AREA)
         probs, cams = class_maps(checkpoint, small)
         rgb = display(small)
         axes[row, 0].imshow(rgb)
         axes[row, 0].set_title(title, fontsize=9)
-        ranked = [c for c in np.argsort(-probs) if c != NEGATIVE][:per_image]
+        ranked = [c for c in true_classes if c != NEGATIVE]
+        ranked += [c for c in np.argsort(-probs) if c != NEGATIVE and c not in ranked]
+        ranked = ranked[:per_image]
         for col, class_id in enumerate(ranked, start=1):
             axes[row, col].imshow((rgb * 0.55).astype(np.uint8))
             axes[row, col].imshow(cams[class_id], cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            axes[row, col].set_title(f"CAM {class_id} {CLASS_NAMES[class_id]}\np = {probs[class_id]:.2f}", fontsize=9)
+            truth = "true" if class_id in true_classes else "not true"
+            axes[row, col].set_title(
+                f"CAM {class_id} {CLASS_NAMES[class_id]}\np = {probs[class_id]:.2f} ({truth})", fontsize=9
+            )
         for axis in axes[row]:
             axis.axis("off")
-    figure.suptitle(f"Class activation maps of {checkpoint.parent.parent.parent.name}/{checkpoint.name}", fontsize=12)
+    run = checkpoint.parents[3].name  # {run}/lightning_logs/version_N/checkpoints/last.ckpt
+    figure.suptitle(
+        f"Class activation maps of {run}/{checkpoint.name} (trained on the synthetic benchmark)", fontsize=12
+    )
     figure.tight_layout()
     save(figure, path)
 
@@ -170,14 +182,16 @@ def main(args: argparse.Namespace) -> None:
     checkpoint = sorted((args.out_dir / "round1" / "lightning_logs").glob("version_*/checkpoints/last.ckpt"))[-1]
     test_ids = read_submission(args.data_dir / "sample_submission.csv")["ID"].tolist()
     cell_truth = read_cell_truth(truth_dir)
+    labels = {
+        image_id: sorted({int(c) for label in group["Label"] for c in label.split("|") if c})
+        for image_id, group in cell_truth[cell_truth["ID"].isin(test_ids)].groupby("ID")
+    }
     shown = []
-    for image_id in test_ids[:2]:
-        labels = sorted(
-            {c for label in cell_truth.loc[cell_truth["ID"] == image_id, "Label"] for c in label.split("|") if c}
-        )
-        shown.append((f"synthetic {image_id}\ntrue: {', '.join(labels)}", read_rgby(args.data_dir, image_id, "test")))
+    for image_id in sorted(labels, key=lambda i: (-len(labels[i]), i))[:2]:  # the most varied test images
+        title = f"synthetic {image_id}\ntrue: {', '.join(map(str, labels[image_id]))}"
+        shown.append((title, labels[image_id], read_rgby(args.data_dir, image_id, "test")))
     if REAL_DIR.is_dir():
-        shown.append((f"REAL HPA {REAL_ID[:8]}\ntrue: 0, 1, 2, 7", read_rgby(REAL_DIR, REAL_ID, "")))
+        shown.append((f"REAL HPA {REAL_ID[:8]}\ntrue: 0, 1, 2, 7", [0, 1, 2, 7], read_rgby(REAL_DIR, REAL_ID, "")))
     else:
         print(f"no real samples in {REAL_DIR}: CAMs of synthetic images only")
     plot_cam_overlays(checkpoint, shown, args.images_dir / "cam_overlays.png")

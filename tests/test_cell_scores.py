@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from src.cam.cell_scores import CellScoreConfig, cell_cam_stats, score_cells, segment_percentile
+from src.cam.cell_scores import CellScoreConfig, cell_cam_stats, image_prob_scores, score_cells, segment_percentile
 from src.data.classes import NEGATIVE, NUM_CLASSES
 
 
@@ -128,3 +128,18 @@ def test_negative_from_prob_scales_the_negative_confidence():
     assert score_cells(probs, cams, cell_mask, nuclei_mask, green, config)[2][NEGATIVE] == 0.0
     probs[NEGATIVE] = 1.0
     assert score_cells(probs, cams, cell_mask, nuclei_mask, green, config)[2][NEGATIVE] == pytest.approx(1.0)
+
+
+def test_image_prob_floor_gives_every_cell_the_probabilities_and_the_same_dark_negative():
+    cell_mask, nuclei_mask, green = _two_cells()
+    green[34:60, 34:60] = 4  # cell 2: background only
+    probs = np.linspace(0.05, 0.95, NUM_CLASSES).astype(np.float32)
+    config = CellScoreConfig(conf_how="image_prob", negative_how="dark")
+    floor = image_prob_scores(probs, cell_mask, green, config)
+    assert sorted(floor) == [1, 2]
+    assert all(floor[c][k] == pytest.approx(probs[k]) for c in (1, 2) for k in range(NEGATIVE))
+    cams = np.zeros((NUM_CLASSES, 64, 64), np.float32)
+    scored = score_cells(probs, cams, cell_mask, nuclei_mask, green, CellScoreConfig(negative_how="dark"))
+    assert floor[1][NEGATIVE] == pytest.approx(scored[1][NEGATIVE]) and floor[2][NEGATIVE] == pytest.approx(1 - 4 / 27)
+    inactive = image_prob_scores(probs, cell_mask, green, CellScoreConfig(conf_how="image_prob"))
+    assert inactive[2][NEGATIVE] == pytest.approx(probs[NEGATIVE])  # the 15th-place floor: p(18) for every cell

@@ -15,6 +15,7 @@ import numpy as np
 from src.data.classes import NEGATIVE, NUM_CLASSES
 
 CONF_HOWS = ("max", "mean", "cam_rate", "cam_rate_mean")
+IMAGE_PROB = "image_prob"  # conf_how of the floor: every cell gets the image probabilities, no CAM
 NEGATIVE_HOWS = ("inactive", "dark")
 
 
@@ -46,8 +47,8 @@ class CellScoreConfig:
     cam_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.conf_how not in CONF_HOWS:
-            raise ValueError(f"conf_how must be one of {CONF_HOWS}, got {self.conf_how!r}")
+        if self.conf_how not in (*CONF_HOWS, IMAGE_PROB):
+            raise ValueError(f"conf_how must be one of {(*CONF_HOWS, IMAGE_PROB)}, got {self.conf_how!r}")
         if not 0.0 <= self.cam_weight <= 1.0:
             raise ValueError(f"cam_weight must lie in [0, 1], got {self.cam_weight}")
         if not 0.0 <= self.dark_percentile <= 100.0:
@@ -80,13 +81,6 @@ class CellStats:
     green_high: np.ndarray
     area: np.ndarray
 
-    def darkness(self, reference_min: float) -> np.ndarray:
-        """(K,) in [0, 1]: 1 - green_high / reference, reference = max(median green_high of the cells, reference_min)."""
-        if not len(self.green_high):
-            return np.zeros(0)
-        reference = max(float(np.median(self.green_high)), reference_min)
-        return 1.0 - np.clip(self.green_high / reference, 0.0, 1.0)
-
 
 def segment_percentile(labels: np.ndarray, values: np.ndarray, num_ids: int, q: float) -> np.ndarray:
     """(num_ids,) the q-th percentile (nearest rank below) of ``values`` within each label; 0 for empty labels.
@@ -102,6 +96,41 @@ def segment_percentile(labels: np.ndarray, values: np.ndarray, num_ids: int, q: 
     picks = starts + np.floor((counts - 1).clip(min=0) * q / 100.0).astype(np.int64)
     result = values[order][np.minimum(picks, len(values) - 1)].astype(np.float64) if len(values) else np.zeros(num_ids)
     return np.where(counts > 0, result, 0.0)
+
+
+def dark_negative(
+    image_probs: np.ndarray, green_mean: np.ndarray, green_high: np.ndarray, config: CellScoreConfig
+) -> np.ndarray:
+    """(K,) Negative confidences of ``negative_how='dark'`` for the K cells of one image.
+
+    darkness = 1 - green_high / reference, reference = max(median green_high of the cells, dark_reference_min);
+    a cell darker than ``min_green_mean`` on average has darkness 1. Multiplied by p(18) with ``negative_from_prob``.
+    """
+    if not len(green_high):
+        return np.zeros(0)
+    reference = max(float(np.median(green_high)), config.dark_reference_min)
+    darkness = np.where(green_mean >= config.min_green_mean, 1.0 - np.clip(green_high / reference, 0.0, 1.0), 1.0)
+    return darkness * (float(image_probs[NEGATIVE]) if config.negative_from_prob else 1.0)
+
+
+def image_prob_scores(
+    image_probs: np.ndarray, cell_mask: np.ndarray, green: np.ndarray, config: CellScoreConfig
+) -> dict[int, dict[int, float]]:
+    """The floor without CAMs: every cell gets the 19 image probabilities; with ``negative_how='dark'`` its
+    Negative confidence is :func:`dark_negative`, as :func:`score_cells` gives it (protein darkness, not CAM)."""
+    cells = cell_mask.ravel().astype(np.int64)
+    num_ids = int(cells.max(initial=0)) + 1
+    area = np.bincount(cells, minlength=num_ids)
+    cell_ids = np.flatnonzero(area)
+    cell_ids = cell_ids[cell_ids > 0]
+    scores = {int(c): {k: float(image_probs[k]) for k in range(NUM_CLASSES)} for c in cell_ids}
+    if config.negative_how == "dark" and len(cell_ids):
+        green_flat = green.ravel().astype(np.float64)
+        green_mean = np.bincount(cells, weights=green_flat, minlength=num_ids)[cell_ids] / area[cell_ids]
+        green_high = segment_percentile(cells, green_flat, num_ids, config.dark_percentile)[cell_ids]
+        for cell_id, negative in zip(cell_ids, dark_negative(image_probs, green_mean, green_high, config)):
+            scores[int(cell_id)][NEGATIVE] = float(negative)
+    return scores
 
 
 def _segment_stats(labels: np.ndarray, cam: np.ndarray, cam_high_value: float, num_ids: int):
@@ -205,7 +234,7 @@ def score_cells(
         cams: (19, H, W) class activation maps, each class divided by its maximum, at mask size.
         cell_mask: (H, W) cell instance labels; nuclei_mask: (H, W) nucleus labels.
         green: (H, W) protein channel at mask size.
-        config: thresholds and ``conf_how``.
+        config: thresholds and ``conf_how`` (``image_prob`` is scored by :func:`image_prob_scores`).
 
     Every cell at least ``min_cell_fraction`` in size gets at least one class; a cell darker
     than ``min_green_mean`` in the protein channel is Negative. With ``negative_how='dark'`` every
@@ -229,7 +258,7 @@ def score_cells(
     confidence = probs * ((1.0 - config.cam_weight) + config.cam_weight * activation)
     keep = (rate >= config.cam_rate_thresh) | (stats.cam_high_rate[:, considered] >= config.cam_high_rate_thresh)
     bright = stats.green_mean >= config.min_green_mean
-    darkness = stats.darkness(config.dark_reference_min)
+    dark = dark_negative(image_probs, stats.green_mean, stats.green_high, config)
     negative_prob = float(image_probs[NEGATIVE]) if config.negative_from_prob else 1.0
 
     scores: dict[int, dict[int, float]] = {}
@@ -237,7 +266,7 @@ def score_cells(
         kept = np.flatnonzero(keep[row]) if bright[row] else []
         cell = {int(considered[k]): float(confidence[row, k]) for k in kept}
         if config.negative_how == "dark":
-            cell[NEGATIVE] = negative_prob * float(darkness[row] if bright[row] else 1.0)
+            cell[NEGATIVE] = float(dark[row])
         elif not len(kept):
             inactive = np.median(1.0 - rate[row]) if rate.shape[1] and bright[row] else 1.0
             weight = max(1e-6, (inactive - 0.9) / 0.1)

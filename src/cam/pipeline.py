@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from src.cam.cell_scores import CellScoreConfig
-from src.cam.score_job import IMAGE_PROB, init_scorer, score_image
+from src.cam.score_job import init_scorer, score_image
 from src.cam.sources import CAM_METHODS, CheckpointSpec, join_sources, load_sources
 from src.cells.cache import MaskCache, shard_ids
 from src.data.atomic import write_text_atomic
@@ -93,8 +93,7 @@ class InferConfig:
             raise ValueError(f"{source}: stage must be one of {STAGES}, got {self.stage!r}")
         if self.cam_method not in CAM_METHODS:
             raise ValueError(f"{source}: cam_method must be one of {CAM_METHODS}, got {self.cam_method!r}")
-        if self.conf_how != IMAGE_PROB:
-            self.score_config()  # validates conf_how
+        self.score_config()  # validates conf_how and the scoring thresholds
         if not self.mask_dir:
             raise ValueError(f"{source}: mask_dir is empty; name the folder of the mask cache")
         if not self.ckpt_paths:
@@ -296,7 +295,7 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
-    score_config = settings.score_config() if settings.conf_how != IMAGE_PROB else None
+    score_config = settings.score_config()
     pending: dict[Future, str] = {}
     workers = max(1, settings.num_workers)
     progress = tqdm(total=len(todo), desc=f"CAM inference ({settings.split})", unit="img")

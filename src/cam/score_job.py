@@ -10,12 +10,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from src.cam.cell_scores import score_cells
+from src.cam.cell_scores import IMAGE_PROB, image_prob_scores, score_cells
 from src.cells.cache import mask_path, read_masks
-from src.data.classes import NUM_CLASSES
 from src.submission.codec import cell_mask_predictions
-
-IMAGE_PROB = "image_prob"  # conf_how of the floor: every cell gets the image probabilities, no CAM
 
 
 def init_scorer() -> None:
@@ -36,8 +33,7 @@ def score_image(job: dict[str, Any]) -> dict[str, Any]:
     nuclei_small = cv2.resize(nuclei_mask, (w, h), interpolation=cv2.INTER_NEAREST)
     probs = job["probs"]
     if job["conf_how"] == IMAGE_PROB:
-        ids = np.unique(cell_small)
-        scores = {int(c): {k: float(probs[k]) for k in range(NUM_CLASSES)} for c in ids[ids > 0]}
+        scores = image_prob_scores(probs, cell_small, green, job["score_config"])
     else:
         cams = job["cams"].astype(np.float32).transpose(1, 2, 0)  # (h, w, 19): cv2 resizes all maps at once
         cams = cv2.resize(cams, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1).transpose(2, 0, 1)
