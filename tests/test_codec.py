@@ -15,6 +15,7 @@ from src.submission.codec import (
     decode_binary_mask,
     decode_rle_counts,
     encode_binary_mask,
+    encode_instance_masks,
     format_prediction_string,
     parse_prediction_string,
     read_submission,
@@ -149,3 +150,12 @@ def test_read_submission_errors(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="duplicate ID"):
         read_submission(duplicated)
+
+
+def test_instance_encoding_equals_encoding_each_full_mask():
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # tiny random label images: cells touching every border, empty ids, single pixels
+        height, width = (int(n) for n in rng.integers(1, 12, 2))
+        cell_mask = rng.integers(0, 4, (height, width)).astype(np.uint16)
+        encoded = encode_instance_masks(cell_mask, [1, 2, 3, 9])
+        assert encoded == {k: encode_binary_mask(cell_mask == k) for k in (1, 2, 3, 9)}

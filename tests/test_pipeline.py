@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import ROOT, run_script
 
-STAGES = ("image_prob", "cam_round0", "cam_round1", "segmentation", "ensemble")
+STAGES = ("image_prob", "cam_round0", "cam_round1", "segmentation", "ensemble", "cam_round1_truth_masks")
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +56,20 @@ def test_pipeline_rerun_skips_finished_stages(pipeline_run):
     assert result.returncode == 0, result.stderr[-3000:]
     skipped = [line for line in result.stdout.splitlines() if line.endswith("done earlier, skipped")]
     assert len(skipped) == 5 + len(STAGES)  # round0, sub_labels, round1, pseudo_labels, segmentation + inference
+
+
+def test_segm_thresh_sweep_retrains_only_the_unet(pipeline_run):
+    root, env, _ = pipeline_run
+    result = subprocess.run(
+        ["bash", "scripts/sweep_segm_thresh.sh"], cwd=ROOT, env=dict(env, BASE_OUT=str(root / "out"), THRESHOLDS="0.3"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    sweep = root / "out" / "segm_thresh_0.3"
+    log = (sweep / "pipeline.log").read_text()
+    assert "== round0: done earlier, skipped" in log and "== segmentation: finished" in log
+    hparams = (sweep / "segm_train" / "lightning_logs" / "version_0" / "hparams.yaml").read_text()
+    assert "segm_thresh: 0.3" in hparams
+    results = json.loads((sweep / "evaluation.json").read_text())["results"]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| 0.3 |"))
+    assert f"{results['segmentation']['mAP']:.3f}" in row and f"{results['ensemble']['mAP']:.3f}" in row

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from pycocotools import mask as coco_mask
+from scipy import ndimage
 
 from src.data.atomic import write_csv_atomic
 from src.data.classes import NUM_CLASSES
@@ -124,12 +125,47 @@ def parse_prediction_string(text: object, where: str = "PredictionString") -> li
     return predictions
 
 
+def encode_instance_masks(cell_mask: np.ndarray, cell_ids: list[int]) -> dict[int, str]:
+    """``{cell_id: encode_binary_mask(cell_mask == cell_id)}``, each computed on the cell's own columns only.
+
+    In Fortran order the columns left and right of a cell are one background run each, so the runs of the
+    cell's column slab, with those two runs added, are the runs of the whole mask: the same RLE at a
+    fraction of the cost on a 2048 px image (pycocotools compresses the run lengths).
+    """
+    height, width = cell_mask.shape
+    boxes = ndimage.find_objects(cell_mask.astype(np.int32, copy=False))
+    encoded = {}
+    for cell_id in cell_ids:
+        box = boxes[cell_id - 1] if 0 < cell_id <= len(boxes) else None
+        if box is None:  # no pixel: one background run
+            x0 = x1 = 0
+            flat = np.zeros(0, dtype=bool)
+        else:
+            x0, x1 = box[1].start, box[1].stop
+            flat = (cell_mask[:, x0:x1] == cell_id).ravel(order="F")
+        changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        runs = np.diff(np.concatenate([[0], changes, [flat.size]])).astype(np.int64)
+        if flat.size and flat[0]:
+            runs = np.concatenate([[0], runs])
+        if not len(runs):
+            runs = np.zeros(1, dtype=np.int64)
+        runs[0] += height * x0
+        after = height * (width - x1)
+        if len(runs) % 2:  # ends with background
+            runs[-1] += after
+        elif after:
+            runs = np.concatenate([runs, [after]])
+        rle = coco_mask.frPyObjects({"counts": runs.tolist(), "size": [height, width]}, height, width)
+        encoded[cell_id] = base64.b64encode(zlib.compress(rle["counts"], zlib.Z_BEST_COMPRESSION)).decode("ascii")
+    return encoded
+
+
 def cell_mask_predictions(cell_mask: np.ndarray, cell_scores: dict[int, dict[int, float]]) -> str:
     """PredictionString for an (H, W) instance mask and ``{cell_id: {class_id: confidence}}``."""
+    rles = encode_instance_masks(cell_mask, [int(c) for c in cell_scores])
     predictions = []
     for cell_id, scores in cell_scores.items():
-        rle = encode_binary_mask(cell_mask == cell_id)
-        predictions.extend(CellPrediction(int(c), float(s), rle) for c, s in scores.items())
+        predictions.extend(CellPrediction(int(c), float(s), rles[int(cell_id)]) for c, s in scores.items())
     return format_prediction_string(predictions)
 
 
