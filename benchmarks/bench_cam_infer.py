@@ -80,10 +80,10 @@ def model_seconds(settings: InferConfig, ids: list[str], device: torch.device) -
 
 
 def main(args: argparse.Namespace) -> None:
-    data_dir = args.work_dir / f"data_{args.size}"
+    data_dir = args.work_dir / f"data_{args.size}px_{args.num_images}"
     write_dataset(data_dir, 1, args.num_images, args.size, seed=0, config=SyntheticConfig(), workers=args.num_workers)
     ids = split_image_ids(data_dir, "test")
-    mask_dir = args.work_dir / f"masks_{args.size}"
+    mask_dir = args.work_dir / f"masks_{args.size}px_{args.num_images}"
     fill_mask_cache(data_dir, "test", ids, mask_dir, workers=args.num_workers)
     if args.ckpt is None:
         name = f"untrained_{args.timm_model_name}_{args.input_size}.ckpt"
