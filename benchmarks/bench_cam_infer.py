@@ -53,7 +53,11 @@ def untrained_checkpoint(path: Path, timm_model_name: str, input_size: int) -> P
         model = LitModel(**hparams)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(
-            {"state_dict": model.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": pl.__version__},
+            {
+                "state_dict": model.state_dict(),
+                "hyper_parameters": hparams,
+                "pytorch-lightning_version": pl.__version__,
+            },
             path,
         )
     return path
@@ -108,7 +112,9 @@ def main(args: argparse.Namespace) -> None:
           f"scales {settings.tta_scales}, batch {args.batch_size}, {args.num_workers} workers, {torch.get_num_threads()} threads")  # fmt: skip
     print(f"whole stage (cached masks): {stage / n:.3f} s/image")
     print(f"model alone:                {model / n:.3f} s/image")
-    print(f"overhead:                   {(stage - model) / n:.3f} s/image = {100 * (stage - model) / model:.0f}% of the model time")
+    print(
+        f"overhead:                   {(stage - model) / n:.3f} s/image = {100 * (stage - model) / model:.0f}% of the model time"
+    )
 
 
 if __name__ == "__main__":
