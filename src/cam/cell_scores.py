@@ -98,6 +98,12 @@ def segment_percentile(labels: np.ndarray, values: np.ndarray, num_ids: int, q: 
     return np.where(counts > 0, result, 0.0)
 
 
+def _green_stats(cells: np.ndarray, green: np.ndarray, num_ids: int, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """(num_ids,) sum and q-th percentile of the protein channel within each label of ``cells`` (flat int labels)."""
+    green_flat = green.ravel().astype(np.float64)
+    return np.bincount(cells, weights=green_flat, minlength=num_ids), segment_percentile(cells, green_flat, num_ids, q)
+
+
 def dark_negative(
     image_probs: np.ndarray, green_mean: np.ndarray, green_high: np.ndarray, config: CellScoreConfig
 ) -> np.ndarray:
@@ -125,10 +131,9 @@ def image_prob_scores(
     cell_ids = cell_ids[cell_ids > 0]
     scores = {int(c): {k: float(image_probs[k]) for k in range(NUM_CLASSES)} for c in cell_ids}
     if config.negative_how == "dark" and len(cell_ids):
-        green_flat = green.ravel().astype(np.float64)
-        green_mean = np.bincount(cells, weights=green_flat, minlength=num_ids)[cell_ids] / area[cell_ids]
-        green_high = segment_percentile(cells, green_flat, num_ids, config.dark_percentile)[cell_ids]
-        for cell_id, negative in zip(cell_ids, dark_negative(image_probs, green_mean, green_high, config)):
+        green_sum, green_high = _green_stats(cells, green, num_ids, config.dark_percentile)
+        negatives = dark_negative(image_probs, green_sum[cell_ids] / area[cell_ids], green_high[cell_ids], config)
+        for cell_id, negative in zip(cell_ids, negatives):
             scores[int(cell_id)][NEGATIVE] = float(negative)
     return scores
 
@@ -193,9 +198,7 @@ def cell_cam_stats(
     area, pos, high, pos_sum, cam_max = _segment_stats(cells, flat_cams, config.cam_high_value, num_ids)
     nuclei = nuclei_mask.ravel().astype(np.int64)
     nuc_area, nuc_pos, nuc_high, _, _ = _segment_stats(nuclei, flat_cams, config.cam_high_value, num_ids)
-    green_flat = green.ravel().astype(np.float64)
-    green_sum = np.bincount(cells, weights=green_flat, minlength=num_ids)
-    green_high = segment_percentile(cells, green_flat, num_ids, config.dark_percentile)
+    green_sum, green_high = _green_stats(cells, green, num_ids, config.dark_percentile)
 
     side = max(cell_mask.shape)
     min_area = (side * config.min_cell_fraction) ** 2
