@@ -32,8 +32,8 @@ SEGM_BATCH_SIZE=${SEGM_BATCH_SIZE:-$BATCH_SIZE}
 SEGM_CROP_SIZE=${SEGM_CROP_SIZE:-0}    # U-Net trains on random crops of this side (0: whole images)
 DECODER_CHANNELS=${DECODER_CHANNELS:-256,128,64,32,16}  # U-Net decoder widths (smp's default)
 NUM_WORKERS=${NUM_WORKERS:-2}
-EPOCHS0=${EPOCHS0:-12}
-EPOCHS1=${EPOCHS1:-6}
+EPOCHS0=${EPOCHS0:-20}
+EPOCHS1=${EPOCHS1:-8}
 EPOCHS_SEGM=${EPOCHS_SEGM:-16}
 OPTIM=${OPTIM:-adam}
 LR0=${LR0:-1e-3}
@@ -117,7 +117,8 @@ declare -A RUNS=(
   [segmentation]="[[pred, 1.0, $ROUND1], [cam, 1.0, $SEGM]]|cam_rate_mean"
   [ensemble]="[[both, 1.0, $ROUND0], [both, 1.0, $ROUND1], [cam, 2.0, $SEGM]]|cam_rate_mean"
 )
-for name in image_prob cam_round0 cam_round1 segmentation ensemble; do
+NAMES=(image_prob cam_round0 cam_round1 segmentation ensemble)
+for name in "${NAMES[@]}"; do
   IFS='|' read -r ckpts conf <<< "${RUNS[$name]}"
   if stage "infer_$name"; then
     infer src/config/kaggle_submission.yaml "$OUT_DIR/submissions/$name.csv" --mask_dir "$TEST_MASKS" \
@@ -126,7 +127,6 @@ for name in image_prob cam_round0 cam_round1 segmentation ensemble; do
   fi
 done
 cp "$OUT_DIR/submissions/ensemble.csv" "$OUT_DIR/submission.csv"
-NAMES=(image_prob cam_round0 cam_round1 segmentation ensemble)
 # With per-cell truth: the round-1 CAM row again on the true masks, to show what the cell masks cost.
 if [ -d "$DATA_DIR/truth/cell_masks" ]; then
   if stage infer_cam_round1_truth_masks; then
