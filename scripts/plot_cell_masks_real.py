@@ -23,7 +23,7 @@ from src.cells.classical import segment_classical  # noqa: E402
 from src.cells.quality import f1_score, match_instances  # noqa: E402
 from src.data.atomic import atomic_path  # noqa: E402
 from src.data.io import read_rgby  # noqa: E402
-from src.viz.render import rgby_to_rgb  # noqa: E402
+from src.viz.render import rgby_to_display  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,8 +55,7 @@ def main(args: argparse.Namespace) -> None:
     reference = cv2.imread(str(reference_file), cv2.IMREAD_UNCHANGED)
     tp, fp, fn, mean_iou = match_instances(cell_mask, reference, 0.6)
     small = cv2.resize(rgby, (args.side, args.side), interpolation=cv2.INTER_AREA)
-    gain = 255.0 / max(1.0, float(np.percentile(rgby_to_rgb(small), 99.5)))
-    rgb = rgby_to_rgb(small, gain=gain)
+    rgb = rgby_to_display(small)
     figure, axes = plt.subplots(1, 2, figsize=(14, 7.4), dpi=100)
     panels = (
         (overlay(rgb, cell_mask, nuclei_mask, args.side),

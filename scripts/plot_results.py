@@ -4,7 +4,7 @@
 
 Reads ``{out_dir}/evaluation.json`` (evaluate.py), ``{out_dir}/submission.csv`` and the round-1
 checkpoint; writes ``images/per_class_ap.png``, ``images/cell_predictions.png`` and
-``images/cam_overlays.png`` (a synthetic test image, plus a real HPA sample from
+``images/cam_overlays.png`` (the two test images with the most classes, plus a real HPA sample from
 ``../shared/data/hpa_kaggle_samples`` when that folder exists).
 """
 
@@ -21,7 +21,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from skimage.segmentation import find_boundaries  # noqa: E402
 
@@ -31,8 +30,9 @@ from src.cam.sources import CheckpointSpec, load_sources  # noqa: E402
 from src.data.atomic import atomic_path  # noqa: E402
 from src.data.classes import CLASS_NAMES, NEGATIVE  # noqa: E402
 from src.data.io import read_rgby, resize_image  # noqa: E402
+from src.metrics.truth import read_cell_labels  # noqa: E402
 from src.submission.codec import decode_binary_mask, parse_prediction_string, read_submission  # noqa: E402
-from src.viz.render import rgby_to_rgb  # noqa: E402
+from src.viz.render import rgby_to_display  # noqa: E402
 
 REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "hpa_kaggle_samples"
 REAL_ID = "000a6c98-bb9b-11e8-b2b9-ac1f6b6435d0"
@@ -43,17 +43,6 @@ def save(figure: plt.Figure, path: Path) -> None:
         figure.savefig(tmp)
     plt.close(figure)
     print(f"wrote {path}")
-
-
-def read_cell_truth(truth_dir: Path) -> pd.DataFrame:
-    """The benchmark's ID, cell_id, Label table (Label '' for a negative cell)."""
-    return pd.read_csv(truth_dir / "cell_labels.csv", dtype={"Label": str}).fillna("")
-
-
-def display(rgby: np.ndarray) -> np.ndarray:
-    """HPA colours with a gain that puts the 99.5th percentile at full brightness."""
-    gain = 255.0 / max(1.0, float(np.percentile(rgby_to_rgb(rgby), 99.5)))
-    return rgby_to_rgb(rgby, gain=gain)
 
 
 def plot_per_class_ap(evaluation: dict, path: Path) -> None:
@@ -83,23 +72,22 @@ def plot_per_class_ap(evaluation: dict, path: Path) -> None:
     save(figure, path)
 
 
-def plot_cell_predictions(data_dir: Path, submission: Path, truth_dir: Path, path: Path, image_id: str | None) -> None:
+def plot_cell_predictions(
+    data_dir: Path, submission: Path, truth_dir: Path, cell_labels: dict, path: Path, image_id: str | None
+) -> None:
     """One test image with each cell's top predicted class, next to its true classes."""
     frame = read_submission(submission)
-    cell_truth = read_cell_truth(truth_dir)
     if image_id is None:  # the test image with the most cells, for a busy picture
-        counts = cell_truth[cell_truth["ID"].isin(frame["ID"])].groupby("ID").size()
-        image_id = str(counts.idxmax())
+        image_id = min(frame["ID"], key=lambda i: (-len(cell_labels.get(i, {})), i))
     row = frame.loc[frame["ID"] == image_id].iloc[0]
     rgby = read_rgby(data_dir, image_id, "test")
-    rgb = display(rgby)
+    rgb = rgby_to_display(rgby)
     height, width = rgby.shape[:2]
     cells: dict[str, tuple[np.ndarray, list[tuple[int, float]]]] = {}
     for prediction in parse_prediction_string(row.PredictionString, where=image_id):
         mask, scores = cells.setdefault(prediction.rle, (decode_binary_mask(prediction.rle, height, width), []))
         scores.append((prediction.class_id, prediction.confidence))
     truth_mask = cv2.imread(str(truth_dir / "cell_masks" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED)
-    truth_rows = cell_truth[cell_truth["ID"] == image_id].set_index("cell_id")["Label"]
     figure, axes = plt.subplots(1, 2, figsize=(16, 8.6), dpi=100)
     for axis, title in zip(
         axes, ("predicted: top class and confidence per segmented cell", "truth: classes of each cell")
@@ -115,22 +103,21 @@ def plot_cell_predictions(data_dir: Path, submission: Path, truth_dir: Path, pat
         axes[0].text(
             xs.mean(), ys.mean(), f"{top_class}\n{confidence:.2f}", color="yellow", fontsize=8, ha="center", va="center"
         )
-    for cell_id, label in truth_rows.items():
+    for cell_id, classes in cell_labels.get(image_id, {}).items():
         mask = truth_mask == cell_id
         if not mask.any():
             continue
         axes[1].contour(find_boundaries(mask, mode="inner"), levels=[0.5], colors="white", linewidths=0.6)
         ys, xs = np.nonzero(mask)
-        text = label.replace("|", ",") if label else str(NEGATIVE)
+        text = ",".join(map(str, classes))
         axes[1].text(xs.mean(), ys.mean(), text, color="yellow", fontsize=8, ha="center", va="center")
     figure.suptitle(f"{image_id}: per-cell predictions of {submission.name} (class ids as in the README)", fontsize=13)
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92, wspace=0.02)
     save(figure, path)
 
 
-def class_maps(checkpoint: Path, rgby: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def class_maps(source, rgby: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(19,) image probabilities and (19, H, W) per-class-normalised CAMs of one image, flip TTA."""
-    source = load_sources([CheckpointSpec("both", 1.0, str(checkpoint))], torch.device("cpu"))[0]
     image = torch.from_numpy(resize_image(rgby, source.input_size)).permute(2, 0, 1)[None]
     probs, cams = source.predict(image, rgby.shape[:2], flips=True, scales=[1.0])
     return probs[0].numpy(), cams[0].numpy()
@@ -140,12 +127,13 @@ def plot_cam_overlays(
     checkpoint: Path, images: list[tuple[str, list[int], np.ndarray]], path: Path, per_image: int = 4
 ) -> None:
     """Rows: images; columns: the image, then the CAMs of its true classes and of its most probable ones."""
+    source = load_sources([CheckpointSpec("both", 1.0, str(checkpoint))], torch.device("cpu"))[0]
     figure, axes = plt.subplots(len(images), per_image + 1, figsize=(3.4 * (per_image + 1), 3.6 * len(images)), dpi=100)
     axes = np.atleast_2d(axes)
     for row, (title, true_classes, rgby) in enumerate(images):
         small = cv2.resize(rgby, (512, 512), interpolation=cv2.INTER_AREA)
-        probs, cams = class_maps(checkpoint, small)
-        rgb = display(small)
+        probs, cams = class_maps(source, small)
+        rgb = rgby_to_display(small)
         axes[row, 0].imshow(rgb)
         axes[row, 0].set_title(title, fontsize=9)
         ranked = [c for c in true_classes if c != NEGATIVE]
@@ -172,19 +160,21 @@ def main(args: argparse.Namespace) -> None:
     evaluation = json.loads((args.out_dir / "evaluation.json").read_text())
     plot_per_class_ap(evaluation, args.images_dir / "per_class_ap.png")
     truth_dir = args.data_dir / "truth"
+    cell_labels = read_cell_labels(truth_dir / "cell_labels.csv")
     plot_cell_predictions(
         args.data_dir,
         args.out_dir / "submission.csv",
         truth_dir,
+        cell_labels,
         args.images_dir / "cell_predictions.png",
         args.image_id,
     )
-    checkpoint = sorted((args.out_dir / "round1" / "lightning_logs").glob("version_*/checkpoints/last.ckpt"))[-1]
+    checkpoints = (args.out_dir / "round1" / "lightning_logs").glob("version_*/checkpoints/last.ckpt")
+    checkpoint = max(checkpoints, key=lambda p: int(p.parents[1].name.split("_")[1]))  # the newest run
     test_ids = read_submission(args.data_dir / "sample_submission.csv")["ID"].tolist()
-    cell_truth = read_cell_truth(truth_dir)
     labels = {
-        image_id: sorted({int(c) for label in group["Label"] for c in label.split("|") if c})
-        for image_id, group in cell_truth[cell_truth["ID"].isin(test_ids)].groupby("ID")
+        image_id: sorted({c for classes in cell_labels.get(image_id, {}).values() for c in classes})
+        for image_id in test_ids
     }
     shown = []
     for image_id in sorted(labels, key=lambda i: (-len(labels[i]), i))[:2]:  # the most varied test images

@@ -25,3 +25,9 @@ def rgby_to_rgb(rgby: np.ndarray, yellow_weight: float = 0.5, gain: float = 1.0)
     red, green, blue, yellow = (channels[..., i] for i in range(4))
     rgb = np.stack([red + yellow_weight * yellow, green + yellow_weight * yellow, blue], axis=-1) * gain
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def rgby_to_display(rgby: np.ndarray, percentile: float = 99.5) -> np.ndarray:
+    """:func:`rgby_to_rgb` with the gain that puts the ``percentile`` of the displayed values at full brightness."""
+    gain = 255.0 / max(1.0, float(np.percentile(rgby_to_rgb(rgby), percentile)))
+    return rgby_to_rgb(rgby, gain=gain)
