@@ -46,6 +46,7 @@ ACCELERATOR=${ACCELERATOR:-auto}
 DEVICES=${DEVICES:-auto}
 PRECISION=${PRECISION:-32}
 EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:-}   # e.g. "--use_ext_data --ext_data_csv ../input/publichpa.csv"
+STAGE2=${STAGE2:-1}                    # 0: stop after stage 1 (no pseudo labels, U-Net or ensemble rows)
 
 DONE="$OUT_DIR/.done"
 mkdir -p "$DONE"
@@ -91,7 +92,7 @@ if stage round1; then
 fi
 ROUND1=$(last_ckpt "$OUT_DIR/round1")
 
-if stage pseudo_labels; then
+if [ "$STAGE2" = 1 ] && stage pseudo_labels; then
   infer src/config/generate_pseudo_label.yaml "$OUT_DIR/segm/pseudo_label.csv" \
     --mask_dir "$DATA_DIR/masks/train_$MASK_BACKEND" --ckpt_paths "[[both, 1.0, $ROUND1]]"
   $PYTHON create_segm_labels.py --save_folder "$OUT_DIR/segm" --sub_csv "$OUT_DIR/segm/pseudo_label.csv"
@@ -100,24 +101,27 @@ fi
 
 TRUTH_ARGS=()
 [ -d "$DATA_DIR/truth" ] && TRUTH_ARGS=(--segm_truth_dir "$DATA_DIR/truth")
-if stage segmentation; then
+if [ "$STAGE2" = 1 ] && stage segmentation; then
   train "$OUT_DIR/segm_train" "$EPOCHS_SEGM" "$LR_SEGM" --segm_label_dir "$OUT_DIR/segm" \
     --segm_thresh "$SEGM_THRESH" --batch_size "$SEGM_BATCH_SIZE" --crop_size "$SEGM_CROP_SIZE" \
     --decoder_channels "$DECODER_CHANNELS" "${TRUTH_ARGS[@]}"
   finish segmentation
 fi
-SEGM=$(last_ckpt "$OUT_DIR/segm_train")
+SEGM=$([ "$STAGE2" = 1 ] && last_ckpt "$OUT_DIR/segm_train" || echo none)
 
 # Final inference: each stage alone, then the ensemble (round 1 on both, segmentation on CAMs).
+# cam_round* score cells from the signed logit maps (cell_logit); cam_round1_rate_mean is the 15th place's scoring.
 TEST_MASKS="$DATA_DIR/masks/test_$MASK_BACKEND"
 declare -A RUNS=(
   [image_prob]="[[both, 1.0, $ROUND1]]|image_prob"
-  [cam_round0]="[[both, 1.0, $ROUND0]]|cam_rate_mean"
-  [cam_round1]="[[both, 1.0, $ROUND1]]|cam_rate_mean"
+  [cam_round0]="[[both, 1.0, $ROUND0]]|cell_logit"
+  [cam_round1]="[[both, 1.0, $ROUND1]]|cell_logit"
+  [cam_round1_rate_mean]="[[both, 1.0, $ROUND1]]|cam_rate_mean"
   [segmentation]="[[pred, 1.0, $ROUND1], [cam, 1.0, $SEGM]]|cam_rate_mean"
   [ensemble]="[[both, 1.0, $ROUND0], [both, 1.0, $ROUND1], [cam, 2.0, $SEGM]]|cam_rate_mean"
 )
-NAMES=(image_prob cam_round0 cam_round1 segmentation ensemble)
+NAMES=(image_prob cam_round0 cam_round1 cam_round1_rate_mean)
+[ "$STAGE2" = 1 ] && NAMES+=(segmentation ensemble)
 for name in "${NAMES[@]}"; do
   IFS='|' read -r ckpts conf <<< "${RUNS[$name]}"
   if stage "infer_$name"; then
@@ -126,12 +130,14 @@ for name in "${NAMES[@]}"; do
     finish "infer_$name"
   fi
 done
-cp "$OUT_DIR/submissions/ensemble.csv" "$OUT_DIR/submission.csv"
+FINAL=$([ "$STAGE2" = 1 ] && echo ensemble || echo cam_round1)
+cp "$OUT_DIR/submissions/$FINAL.csv" "$OUT_DIR/submission.csv"
 # With per-cell truth: the round-1 CAM row again on the true masks, to show what the cell masks cost.
 if [ -d "$DATA_DIR/truth/cell_masks" ]; then
   if stage infer_cam_round1_truth_masks; then
     infer src/config/kaggle_submission.yaml "$OUT_DIR/submissions/cam_round1_truth_masks.csv" \
       --mask_backend precomputed --mask_dir "$DATA_DIR/masks/test_truth" --ckpt_paths "${RUNS[cam_round1]%|*}" \
+      --conf_how "${RUNS[cam_round1]#*|}" \
       --mask_params "{cell_dir: $DATA_DIR/truth/cell_masks, nuclei_dir: $DATA_DIR/truth/nuclei_masks}"
     finish infer_cam_round1_truth_masks
   fi
@@ -145,6 +151,6 @@ if [ -d "$DATA_DIR/truth" ]; then
         echo "--submission $name=$OUT_DIR/submissions/$name.csv"; done)
 fi
 echo "submission:   $OUT_DIR/submission.csv"
-echo "checkpoints:  $ROUND0, $ROUND1, $SEGM"
+echo "checkpoints:  $ROUND0, $ROUND1$([ "$STAGE2" = 1 ] && echo ", $SEGM")"
 echo "tensorboard:  .venv/bin/tensorboard --logdir $OUT_DIR"
 echo "elapsed:      $SECONDS s (this run)"

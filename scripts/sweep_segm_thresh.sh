@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 BASE_OUT=${BASE_OUT:-outputs/synthetic}
 THRESHOLDS=${THRESHOLDS:-0.15 0.225 0.35}
 REUSED_STAGES=(round0 sub_labels round1 pseudo_labels infer_image_prob infer_cam_round0 infer_cam_round1
-  infer_cam_round1_truth_masks)
+  infer_cam_round1_rate_mean infer_cam_round1_truth_masks)
 
 for stage in round0 sub_labels round1 pseudo_labels; do
   [ -f "$BASE_OUT/.done/$stage" ] || { echo "$BASE_OUT has not finished $stage: run scripts/run_pipeline.sh first" >&2; exit 1; }

@@ -140,6 +140,28 @@ def test_each_class_map_is_divided_by_its_maximum():
     assert normalised[0, 0].max() == pytest.approx(1.0, abs=1e-4) and normalised[0, 1].max() == 0
 
 
+def test_cell_logit_reads_signed_maps_and_scores_every_cell(tiny_synthetic, tiny_checkpoint, tmp_path):
+    from src.cam.sources import ClassifierSource
+
+    source = ClassifierSource(CheckpointSpec("both", 1.0, str(tiny_checkpoint)), torch.device("cpu"))
+    images = torch.randint(0, 255, (2, 4, source.input_size, source.input_size), dtype=torch.uint8)
+    probs, logits = source.predict(images, (16, 16), flips=True, scales=[1.0], map_kind="logit")
+    _, cams = source.predict(images, (16, 16), flips=True, scales=[1.0], map_kind="cam")
+    assert (logits < 0).any() and cams.min() >= 0 and cams.amax(dim=(2, 3)).max() <= 1.0 + 1e-4
+    # the CAM is the ReLU'd logit map divided by its maximum (one view: no flip averaging in between)
+    _, one_logit = source.predict(images, (16, 16), flips=False, scales=[1.0], map_kind="logit")
+    _, one_cam = source.predict(images, (16, 16), flips=False, scales=[1.0], map_kind="cam")
+    torch.testing.assert_close(one_cam, normalise_per_class(one_logit.clamp(min=0)), atol=1e-4, rtol=1e-4)
+
+    settings = make_settings(tiny_synthetic, tiny_checkpoint, tmp_path / "masks", conf_how="cell_logit")
+    assert not run_inference(settings, tmp_path / "sub.csv").failed
+    for row in read_submission(tmp_path / "sub.csv").itertuples():
+        _, cell_mask = read_masks(mask_path(tmp_path / "masks", row.ID))
+        assert len({p.rle for p in parse_prediction_string(row.PredictionString)}) == len(np.unique(cell_mask)) - 1
+    with pytest.raises(ValueError, match="cell_logit"):
+        make_settings(tiny_synthetic, tiny_checkpoint, tmp_path / "masks", conf_how="cell_logit", cam_method="gradcam")
+
+
 def test_cli_yaml_override_and_gradcam(tiny_synthetic, tiny_checkpoint, tmp_path):
     config = load_yaml(CONFIG_DIR / "kaggle_submission.yaml")
     config.update(data_dir=str(tiny_synthetic), ckpt_paths=[["both", 1.0, str(tiny_checkpoint)]])

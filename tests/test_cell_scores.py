@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from src.cam.cell_scores import CellScoreConfig, cell_cam_stats, image_prob_scores, score_cells, segment_percentile
+from src.cam.cell_scores import (
+    CellScoreConfig,
+    cell_cam_stats,
+    cell_logit_scores,
+    cell_logits,
+    image_prob_scores,
+    score_cells,
+    segment_percentile,
+)
 from src.data.classes import NEGATIVE, NUM_CLASSES
 
 
@@ -143,3 +151,55 @@ def test_image_prob_floor_gives_every_cell_the_probabilities_and_the_same_dark_n
     assert floor[1][NEGATIVE] == pytest.approx(scored[1][NEGATIVE]) and floor[2][NEGATIVE] == pytest.approx(1 - 4 / 27)
     inactive = image_prob_scores(probs, cell_mask, green, CellScoreConfig(conf_how="image_prob"))
     assert inactive[2][NEGATIVE] == pytest.approx(probs[NEGATIVE])  # the 15th-place floor: p(18) for every cell
+
+
+def _row_of_cells(count: int = 5, size: int = 64):
+    """``count`` square cells side by side in one band; cell k occupies columns [12 (k-1), 12 (k-1) + 10)."""
+    cell_mask = np.zeros((size, size), np.uint16)
+    for k in range(1, count + 1):
+        cell_mask[20:30, 12 * (k - 1) : 12 * (k - 1) + 10] = k
+    return cell_mask, np.full((size, size), 50, np.uint8)
+
+
+def test_cell_logits_are_the_mean_of_each_map_inside_each_cell():
+    cell_mask, _, _ = _two_cells()
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(3, 64, 64))
+    labels = cell_mask.ravel().astype(np.int64)
+    z = cell_logits(maps, labels, 3, np.array([1, 2]))
+    for row, cell in enumerate((1, 2)):
+        assert z[row] == pytest.approx(maps[:, cell_mask == cell].mean(axis=1))
+
+
+def test_cell_logit_demotes_only_the_cell_far_below_its_image():
+    cell_mask, green = _row_of_cells()
+    maps = np.zeros((NUM_CLASSES, 64, 64), np.float32)
+    maps[0][cell_mask > 0] = 4.0  # every cell carries Nucleoplasm ...
+    maps[0][cell_mask == 3] = -2.0  # ... but cell 3, 6 log-odds below the median cell
+    maps[0][cell_mask == 5] = 3.5  # cell 5 is 0.5 below: within the margin
+    probs = np.zeros(NUM_CLASSES, np.float32)
+    probs[0], probs[16] = 0.6, 0.005  # Cytosol is under min_image_prob: not emitted
+    config = CellScoreConfig(conf_how="cell_logit", logit_slope=3.0, logit_margin=2.0)
+    scores = cell_logit_scores(probs, maps, cell_mask, green, config)
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    assert scores[1][0] == pytest.approx(0.6 * sigmoid(3.0 * 2.0))
+    assert scores[5][0] == pytest.approx(0.6 * sigmoid(3.0 * 1.5))
+    assert scores[3][0] == pytest.approx(0.6 * sigmoid(3.0 * -4.0)) and scores[3][0] < 0.01
+    assert all(16 not in cell for cell in scores.values())
+    # 'inactive' Negative: highest for the cell whose best class is demoted
+    assert max(scores, key=lambda c: scores[c][NEGATIVE]) == 3
+    # a uniform shift of every cell (a brighter image) changes nothing: only the within-image order counts
+    shifted = cell_logit_scores(probs, maps + 10.0, cell_mask, green, config)
+    assert all(shifted[c][0] == pytest.approx(scores[c][0]) for c in scores)
+
+
+def test_cell_logit_dark_cell_gets_negative_only():
+    cell_mask, green = _row_of_cells()
+    green[cell_mask == 2] = 0
+    maps = np.ones((NUM_CLASSES, 64, 64), np.float32)
+    probs = np.full(NUM_CLASSES, 0.5, np.float32)
+    scores = cell_logit_scores(
+        probs, maps, cell_mask, green, CellScoreConfig(conf_how="cell_logit", negative_how="dark")
+    )
+    assert scores[2] == {NEGATIVE: 1.0}
+    assert set(scores[1]) == set(range(NUM_CLASSES)) and scores[1][NEGATIVE] == pytest.approx(0.0)

@@ -8,7 +8,9 @@ import pytest
 
 from tests.conftest import ROOT, run_script
 
-STAGES = ("image_prob", "cam_round0", "cam_round1", "segmentation", "ensemble", "cam_round1_truth_masks")
+STAGES = (
+    "image_prob", "cam_round0", "cam_round1", "cam_round1_rate_mean", "segmentation", "ensemble", "cam_round1_truth_masks"
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +75,22 @@ def test_segm_thresh_sweep_retrains_only_the_unet(pipeline_run):
     results = json.loads((sweep / "evaluation.json").read_text())["results"]
     row = next(line for line in result.stdout.splitlines() if line.startswith("| 0.3 |"))
     assert f"{results['segmentation']['mAP']:.3f}" in row and f"{results['ensemble']['mAP']:.3f}" in row
+
+
+def test_stage2_off_stops_after_stage1(pipeline_run, tmp_path):
+    import shutil
+
+    root, env, _ = pipeline_run
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out, symlinks=True)
+    shutil.rmtree(out / "submissions")
+    for marker in (out / ".done").glob("infer_*"):
+        marker.unlink()
+    result = subprocess.run(
+        ["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=dict(env, OUT_DIR=str(out), STAGE2="0"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((out / "evaluation.json").read_text())["results"]
+    assert set(results) == {*STAGES, "image-label floor"} - {"segmentation", "ensemble"}
+    assert (out / "submission.csv").read_bytes() == (out / "submissions" / "cam_round1.csv").read_bytes()

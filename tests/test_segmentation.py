@@ -13,6 +13,7 @@ from src.cam.sources import CheckpointSpec, ClassifierSource, load_sources
 from src.cells.cache import mask_path, read_masks
 from src.config import CONFIG_DIR, load_yaml
 from src.metrics import evaluate_submission, load_truth
+from src.models.preprocess import normalize_images
 from src.segmentation.network import create_segmentation_network, parse_decoder_channels, segmentation_maps
 from src.segmentation.targets import (
     ERROR_FILE,
@@ -224,6 +225,12 @@ def test_segmentation_checkpoint_joins_on_cam_only(tiny_checkpoint, segm_checkpo
     assert [type(s).__name__ for s in sources] == ["ClassifierSource", "SegmentationSource"]
     probs, maps = sources[1].predict(torch.zeros(2, 4, 64, 64, dtype=torch.uint8), (16, 16), True, [1.0])
     assert probs is None and maps.shape == (2, 19, 16, 16) and maps.min() >= 0 and maps.max() <= 1
+    # conf_how cell_logit: the signed per-pixel logits of the 19 classes (one view, same size as the input)
+    image = torch.randint(0, 255, (1, 4, 64, 64), dtype=torch.uint8)
+    _, logits = sources[1].predict(image, (64, 64), False, [1.0], map_kind="logit")
+    with torch.inference_mode():
+        raw = sources[1].network(normalize_images(image))["logits"][:, :19]
+    torch.testing.assert_close(logits, raw, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="how_join 'cam'"):
         SegmentationSource(CheckpointSpec("both", 1.0, str(segm_checkpoint)), device)
     with pytest.raises(ValueError, match="cannot be used as a classifier"):

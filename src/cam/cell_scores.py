@@ -4,6 +4,11 @@ The scoring follows the 15th-place solution: a class is kept for a cell when eno
 the cell (or of its nucleus) is activated, and the confidence combines the image
 probability with the activation inside the cell (``conf_how``). A cell with no kept
 class is Negative with a confidence that grows as its activation vanishes.
+
+``conf_how='cell_logit'`` reads the signed, unnormalised class maps instead (the 1x1 head
+applied to the feature map, before ReLU): their mean inside a cell is the classifier's logit
+for that cell alone, and a cell keeps its image probability unless its logit lies well below
+the image's typical cell (:func:`cell_logit_scores`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from src.data.classes import NEGATIVE, NUM_CLASSES
 
 CONF_HOWS = ("max", "mean", "cam_rate", "cam_rate_mean")
 IMAGE_PROB = "image_prob"  # conf_how of the floor: every cell gets the image probabilities, no CAM
+CELL_LOGIT = "cell_logit"  # conf_how on signed logit maps: p x sigmoid(slope (z - median z + margin))
 NEGATIVE_HOWS = ("inactive", "dark")
+CONF_HOW_CHOICES = (*CONF_HOWS, CELL_LOGIT, IMAGE_PROB)
 
 
 @dataclass(frozen=True)
@@ -45,10 +52,16 @@ class CellScoreConfig:
     inactive_floor: float = 1e-3
     # confidence = p x ((1 - cam_weight) + cam_weight x activation); 1 is the 15th place's p x activation
     cam_weight: float = 1.0
+    # cell_logit: confidence = p x sigmoid(logit_slope x (z - median z of the image's cells + logit_margin)),
+    # z the mean of the class's logit map inside the cell (log-odds units)
+    logit_slope: float = 1.0
+    logit_margin: float = 4.0
 
     def __post_init__(self) -> None:
-        if self.conf_how not in (*CONF_HOWS, IMAGE_PROB):
-            raise ValueError(f"conf_how must be one of {(*CONF_HOWS, IMAGE_PROB)}, got {self.conf_how!r}")
+        if self.conf_how not in CONF_HOW_CHOICES:
+            raise ValueError(f"conf_how must be one of {CONF_HOW_CHOICES}, got {self.conf_how!r}")
+        if self.logit_slope <= 0:
+            raise ValueError(f"logit_slope must be > 0, got {self.logit_slope}")
         if not 0.0 <= self.cam_weight <= 1.0:
             raise ValueError(f"cam_weight must lie in [0, 1], got {self.cam_weight}")
         if not 0.0 <= self.dark_percentile <= 100.0:
@@ -116,7 +129,39 @@ def dark_negative(
         return np.zeros(0)
     reference = max(float(np.median(green_high)), config.dark_reference_min)
     darkness = np.where(green_mean >= config.min_green_mean, 1.0 - np.clip(green_high / reference, 0.0, 1.0), 1.0)
-    return darkness * (float(image_probs[NEGATIVE]) if config.negative_from_prob else 1.0)
+    return darkness * _negative_prob(image_probs, config)
+
+
+def _negative_prob(image_probs: np.ndarray, config: CellScoreConfig) -> float:
+    """The factor of every Negative confidence: p(18) with ``negative_from_prob``, else 1."""
+    return float(image_probs[NEGATIVE]) if config.negative_from_prob else 1.0
+
+
+@dataclass
+class _Cells:
+    """The scored cells of one image: flat labels, their ids, areas and protein-channel statistics."""
+
+    labels: np.ndarray  # (P,) int64 cell label of each pixel
+    num_ids: int
+    ids: np.ndarray  # (K,) scored cell ids
+    area: np.ndarray  # (K,) pixels
+    green_mean: np.ndarray  # (K,)
+    green_high: np.ndarray  # (K,)
+
+
+def _scored_cells(cell_mask: np.ndarray, green: np.ndarray, config: CellScoreConfig) -> _Cells:
+    """Cells at least ``min_cell_fraction`` in size, with their protein-channel mean and high percentile."""
+    if green.shape != cell_mask.shape:
+        raise ValueError(f"shape mismatch: cell_mask {cell_mask.shape}, green {green.shape}")
+    labels = cell_mask.ravel().astype(np.int64)
+    num_ids = int(labels.max(initial=0)) + 1
+    area = np.bincount(labels, minlength=num_ids)
+    min_area = (max(cell_mask.shape) * config.min_cell_fraction) ** 2
+    ids = np.flatnonzero(area >= max(min_area, 1))
+    ids = ids[ids > 0]
+    green_sum, green_high = _green_stats(labels, green, num_ids, config.dark_percentile)
+    a = area[ids].astype(np.float64)
+    return _Cells(labels, num_ids, ids, a, green_sum[ids] / np.maximum(a, 1), green_high[ids])
 
 
 def image_prob_scores(
@@ -124,17 +169,77 @@ def image_prob_scores(
 ) -> dict[int, dict[int, float]]:
     """The floor without CAMs: every cell gets the 19 image probabilities; with ``negative_how='dark'`` its
     Negative confidence is :func:`dark_negative`, as :func:`score_cells` gives it (protein darkness, not CAM)."""
-    cells = cell_mask.ravel().astype(np.int64)
-    num_ids = int(cells.max(initial=0)) + 1
-    area = np.bincount(cells, minlength=num_ids)
-    cell_ids = np.flatnonzero(area)
-    cell_ids = cell_ids[cell_ids > 0]
-    scores = {int(c): {k: float(image_probs[k]) for k in range(NUM_CLASSES)} for c in cell_ids}
-    if config.negative_how == "dark" and len(cell_ids):
-        green_sum, green_high = _green_stats(cells, green, num_ids, config.dark_percentile)
-        negatives = dark_negative(image_probs, green_sum[cell_ids] / area[cell_ids], green_high[cell_ids], config)
-        for cell_id, negative in zip(cell_ids, negatives):
+    cells = _scored_cells(cell_mask, green, config)
+    scores = {int(c): {k: float(image_probs[k]) for k in range(NUM_CLASSES)} for c in cells.ids}
+    if config.negative_how == "dark":
+        for cell_id, negative in zip(cells.ids, dark_negative(image_probs, cells.green_mean, cells.green_high, config)):
             scores[int(cell_id)][NEGATIVE] = float(negative)
+    return scores
+
+
+def cell_logits(logit_maps: np.ndarray, labels: np.ndarray, num_ids: int, ids: np.ndarray) -> np.ndarray:
+    """(K, C) mean of each class's logit map inside each cell: the classifier's logit for the cell alone
+    (the head is linear, so the mean of its map over a cell is the head applied to the cell's mean feature).
+
+    Args:
+        logit_maps: (C, H, W) signed maps at mask size.
+        labels: (H*W,) int cell label of each pixel; num_ids: labels lie in 0..num_ids-1; ids: (K,) cells.
+    """
+    area = np.maximum(np.bincount(labels, minlength=num_ids)[ids], 1)
+    flat = logit_maps.reshape(logit_maps.shape[0], -1).astype(np.float64)
+    sums = np.stack([np.bincount(labels, weights=row, minlength=num_ids)[ids] for row in flat], axis=1)
+    return sums / area[:, None]
+
+
+def cell_logit_scores(
+    image_probs: np.ndarray,
+    logit_maps: np.ndarray,
+    cell_mask: np.ndarray,
+    green: np.ndarray,
+    config: CellScoreConfig = CellScoreConfig(conf_how=CELL_LOGIT),
+) -> dict[int, dict[int, float]]:
+    """Confidences ``{cell_id: {class_id: confidence}}`` from signed logit maps (``conf_how='cell_logit'``).
+
+    For each class considered (image probability >= ``min_image_prob``), cell i gets
+    ``p x sigmoid(logit_slope x (z_i - median_j z_j + logit_margin))``, z the cell's mean logit
+    (:func:`cell_logits`) and the median over the image's cells: a cell keeps about p unless its
+    evidence lies ``logit_margin`` log-odds or more below that of the image's typical cell. The image
+    probability orders cells across images; the logit maps only demote cells within their image.
+
+    Negative: ``dark`` from protein darkness (:func:`dark_negative`); ``inactive`` from how far below
+    the others the cell's best class lies, ``negative_scale x (1 - max_k factor_k)``. Cells darker than
+    ``min_green_mean`` get Negative only.
+
+    Args:
+        image_probs: (19,) image probabilities (true 0/1 labels for pseudo labels).
+        logit_maps: (19, H, W) signed class maps at mask size (not ReLU'd, not normalised).
+        cell_mask: (H, W) cell labels; green: (H, W) protein channel at the same size.
+    """
+    if image_probs.shape != (NUM_CLASSES,) or logit_maps.shape[0] != NUM_CLASSES:
+        raise ValueError(
+            f"expected ({NUM_CLASSES},) probabilities and {NUM_CLASSES} maps, got {image_probs.shape}, {logit_maps.shape}"
+        )
+    if logit_maps.shape[1:] != cell_mask.shape:
+        raise ValueError(f"shape mismatch: logit maps {logit_maps.shape}, cell_mask {cell_mask.shape}")
+    cells = _scored_cells(cell_mask, green, config)
+    considered = np.flatnonzero(image_probs >= config.min_image_prob)
+    considered = considered[considered != NEGATIVE]
+    z = cell_logits(logit_maps[considered], cells.labels, cells.num_ids, cells.ids)
+    if len(cells.ids):
+        z = z - np.median(z, axis=0, keepdims=True)
+    factor = 1.0 / (1.0 + np.exp(-config.logit_slope * (z + config.logit_margin)))
+    confidence = image_probs[considered][None, :] * factor
+    bright = cells.green_mean >= config.min_green_mean
+    if config.negative_how == "dark":
+        negative = dark_negative(image_probs, cells.green_mean, cells.green_high, config)
+    else:
+        best = factor.max(axis=1) if len(considered) else np.zeros(len(cells.ids))
+        negative = np.where(bright, config.negative_scale * (1.0 - best), 1.0) * _negative_prob(image_probs, config)
+    scores: dict[int, dict[int, float]] = {}
+    for row, cell_id in enumerate(cells.ids):
+        cell = {int(k): float(confidence[row, j]) for j, k in enumerate(considered)} if bright[row] else {}
+        cell[NEGATIVE] = float(negative[row])
+        scores[int(cell_id)] = cell
     return scores
 
 
@@ -262,7 +367,7 @@ def score_cells(
     keep = (rate >= config.cam_rate_thresh) | (stats.cam_high_rate[:, considered] >= config.cam_high_rate_thresh)
     bright = stats.green_mean >= config.min_green_mean
     dark = dark_negative(image_probs, stats.green_mean, stats.green_high, config)
-    negative_prob = float(image_probs[NEGATIVE]) if config.negative_from_prob else 1.0
+    negative_prob = _negative_prob(image_probs, config)
 
     scores: dict[int, dict[int, float]] = {}
     for row, cell_id in enumerate(stats.cell_ids):

@@ -24,7 +24,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from src.cam.cell_scores import CellScoreConfig
+from src.cam.cell_scores import CELL_LOGIT, CellScoreConfig
 from src.cam.score_job import init_scorer, score_image
 from src.cam.sources import CAM_METHODS, CheckpointSpec, join_sources, load_sources
 from src.cells.cache import MaskCache, shard_ids
@@ -65,6 +65,8 @@ class InferConfig:
     min_cell_fraction: float = 0.0
     keep_inactive: bool = False
     cam_weight: float = 1.0
+    logit_slope: float = 1.0
+    logit_margin: float = 4.0
     negative_how: str = "inactive"
     dark_percentile: float = 99.9
     dark_reference_min: float = 20.0
@@ -94,6 +96,10 @@ class InferConfig:
         if self.cam_method not in CAM_METHODS:
             raise ValueError(f"{source}: cam_method must be one of {CAM_METHODS}, got {self.cam_method!r}")
         self.score_config()  # validates conf_how and the scoring thresholds
+        if self.conf_how == CELL_LOGIT and self.cam_method != "cam":
+            raise ValueError(
+                f"{source}: conf_how cell_logit reads the signed logit maps of cam_method 'cam', not gradcam"
+            )
         if not self.mask_dir:
             raise ValueError(f"{source}: mask_dir is empty; name the folder of the mask cache")
         if not self.ckpt_paths:
@@ -114,6 +120,8 @@ class InferConfig:
             min_cell_fraction=self.min_cell_fraction,
             keep_inactive=self.keep_inactive,
             cam_weight=self.cam_weight,
+            logit_slope=self.logit_slope,
+            logit_margin=self.logit_margin,
             negative_how=self.negative_how,
             dark_percentile=self.dark_percentile,
             dark_reference_min=self.dark_reference_min,
@@ -296,6 +304,7 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
         pin_memory=device.type == "cuda",
     )
     score_config = settings.score_config()
+    map_kind = "logit" if settings.conf_how == CELL_LOGIT else "cam"
     pending: dict[Future, str] = {}
     workers = max(1, settings.num_workers)
     progress = tqdm(total=len(todo), desc=f"CAM inference ({settings.split})", unit="img")
@@ -330,7 +339,7 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
                 outputs = []
                 for source in sources:
                     images = torch.stack([item["inputs"][source.input_size] for item in good])
-                    probs, cams = source.predict(images, cam_size, settings.tta_flips, settings.tta_scales)
+                    probs, cams = source.predict(images, cam_size, settings.tta_flips, settings.tta_scales, map_kind)
                     outputs.append((source.spec, probs, cams))
                 probs, cams = join_sources(outputs)
                 for row, item in enumerate(good):

@@ -10,7 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from src.cam.cell_scores import IMAGE_PROB, image_prob_scores, score_cells
+from src.cam.cell_scores import CELL_LOGIT, IMAGE_PROB, cell_logit_scores, image_prob_scores, score_cells
 from src.cells.cache import mask_path, read_masks
 from src.submission.codec import cell_mask_predictions
 
@@ -37,7 +37,10 @@ def score_image(job: dict[str, Any]) -> dict[str, Any]:
     else:
         cams = job["cams"].astype(np.float32).transpose(1, 2, 0)  # (h, w, 19): cv2 resizes all maps at once
         cams = cv2.resize(cams, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1).transpose(2, 0, 1)
-        scores = score_cells(probs, cams, cell_small, nuclei_small, green, job["score_config"])
+        if job["conf_how"] == CELL_LOGIT:
+            scores = cell_logit_scores(probs, cams, cell_small, green, job["score_config"])
+        else:
+            scores = score_cells(probs, cams, cell_small, nuclei_small, green, job["score_config"])
     return {
         "ID": job["id"],
         "ImageWidth": job["width"],

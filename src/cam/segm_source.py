@@ -4,7 +4,8 @@ A :class:`SegmentationSource` has the ``predict`` contract of
 :class:`src.cam.sources.ClassifierSource`; it gives no image probabilities, so it joins with
 ``how_join: cam`` only (the probabilities come from classifiers joined on ``both`` or ``pred``).
 Its maps are the sigmoid maps of the 19 classes minus the background's, clipped at 0, averaged
-over flips (and scales), each class divided by its maximum like a CAM.
+over flips (and scales), each class divided by its maximum like a CAM; or, as ``map_kind='logit'``
+(``conf_how: cell_logit``), the 19 classes' signed per-pixel logits.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.cam.sources import CheckpointSpec, normalise_per_class, tta_views
+from src.cam.sources import MAP_KINDS, CheckpointSpec, normalise_per_class, tta_views
 from src.data.classes import NUM_CLASSES
 from src.models.preprocess import normalize_images
 from src.segmentation.network import OUTPUT_STRIDE, segmentation_maps
@@ -56,23 +57,31 @@ class SegmentationSource:
         self.input_size = int(hparams.get("input_size", 512))
         self.in_chans = int(hparams.get("num_inchannels", 4))
 
-    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _forward(self, images: torch.Tensor, map_kind: str) -> torch.Tensor:
         """Normalised (N, C, H, W), H and W multiples of 32 -> (N, 19, H, W) maps."""
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             logits = self.network(images)["logits"]
-        return segmentation_maps(logits)
+        return segmentation_maps(logits) if map_kind == "cam" else logits[:, :NUM_CLASSES].float()
 
     def predict(
-        self, images: torch.Tensor, cam_size: tuple[int, int], flips: bool, scales: Sequence[float]
+        self,
+        images: torch.Tensor,
+        cam_size: tuple[int, int],
+        flips: bool,
+        scales: Sequence[float],
+        map_kind: str = "cam",
     ) -> tuple[None, torch.Tensor]:
-        """No probabilities, and TTA-averaged per-class-normalised maps (N, 19, *cam_size).
+        """No probabilities, and TTA-averaged maps (N, 19, *cam_size).
 
         Args:
             images: uint8 (N, 4, S, S) at this checkpoint's input size, RGBY.
             cam_size: (h, w) of the returned maps.
             flips: add horizontal and vertical flips.
             scales: input scale factors (1.0 = the training input size); scaled sides round to a multiple of 32.
+            map_kind: 'cam' (per-class-normalised maps) or 'logit' (signed per-pixel class logits).
         """
+        if map_kind not in MAP_KINDS:
+            raise ValueError(f"map_kind must be one of {MAP_KINDS}, got {map_kind!r}")
         images = images.to(self.device, non_blocking=True)[:, : self.in_chans]
         images = normalize_images(images)
         if self.device.type == "cuda":
@@ -88,10 +97,10 @@ class SegmentationSource:
             )
             for dims in tta_views(flips):
                 view = scaled.flip(dims) if dims else scaled
-                maps = self._forward(view)
+                maps = self._forward(view, map_kind)
                 if dims:
                     maps = maps.flip(dims)
                 maps = F.interpolate(maps, size=cam_size, mode="bilinear", align_corners=False)
-                maps_sum += normalise_per_class(maps)
+                maps_sum += normalise_per_class(maps) if map_kind == "cam" else maps
                 views += 1
         return None, (maps_sum / views).cpu()

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 HOW_JOINS = ("both", "cam", "pred")
 CAM_METHODS = ("cam", "gradcam")
+MAP_KINDS = ("cam", "logit")  # cam: ReLU'd and divided by each map's maximum; logit: signed, as the head gives it
 
 
 @dataclass(frozen=True)
@@ -103,13 +104,14 @@ class ClassifierSource:
         return modules[name]
 
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised (N, C, H, W) -> (probabilities (N, 19), unnormalised maps (N, 19, h, w))."""
+        """Normalised (N, C, H, W) -> (probabilities (N, 19), unnormalised maps (N, 19, h, w)): the signed
+        logit maps for ``cam``, the (non-negative) Grad-CAM maps for ``gradcam``."""
         if self.cam_method == "cam":
             with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
                 features = self.network.forward_features(images)
                 logits = self.network.head(features)["logits"]
-                cams = self.network.cam(features)
-            return torch.sigmoid(logits.float()), cams.float()
+                maps = self.network.logit_map(features)
+            return torch.sigmoid(logits.float()), maps.float()
         return self._gradcam(images)
 
     def _gradcam(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,16 +136,27 @@ class ClassifierSource:
         return torch.sigmoid(logits.detach().float()), cams.float()
 
     def predict(
-        self, images: torch.Tensor, cam_size: tuple[int, int], flips: bool, scales: Sequence[float]
+        self,
+        images: torch.Tensor,
+        cam_size: tuple[int, int],
+        flips: bool,
+        scales: Sequence[float],
+        map_kind: str = "cam",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """TTA-averaged probabilities (N, 19) and per-class-normalised CAMs (N, 19, *cam_size).
+        """TTA-averaged probabilities (N, 19) and maps (N, 19, *cam_size).
 
         Args:
             images: uint8 (N, 4, S, S) at this checkpoint's input size, RGBY.
             cam_size: (h, w) of the returned maps.
             flips: add horizontal and vertical flips.
             scales: input scale factors (1.0 = the training input size).
+            map_kind: 'cam' (ReLU, each map divided by its maximum) or 'logit' (signed logit maps, ``cam_method``
+                'cam' only).
         """
+        if map_kind not in MAP_KINDS:
+            raise ValueError(f"map_kind must be one of {MAP_KINDS}, got {map_kind!r}")
+        if map_kind == "logit" and self.cam_method != "cam":
+            raise ValueError(f"{self.spec.path}: logit maps need cam_method 'cam', not {self.cam_method!r}")
         images = images.to(self.device, non_blocking=True)[:, : self.in_chans]
         images = normalize_images(images)
         if self.device.type == "cuda":
@@ -164,7 +177,7 @@ class ClassifierSource:
                     cams = cams.flip(dims)
                 cams = F.interpolate(cams, size=cam_size, mode="bilinear", align_corners=False)
                 probs_sum += probs
-                cams_sum += normalise_per_class(cams)
+                cams_sum += normalise_per_class(F.relu(cams)) if map_kind == "cam" else cams
                 views += 1
         return (probs_sum / views).cpu(), (cams_sum / views).cpu()
 

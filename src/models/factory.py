@@ -143,9 +143,17 @@ class HPAClassifier(nn.Module):
         """(N, in_chans, H, W) -> dict with ``logits`` (N, 19), ``features`` (N, C, h, w), maybe ``sub_logits``."""
         return self.head(self.forward_features(images))
 
+    def logit_map(self, features: torch.Tensor) -> torch.Tensor:
+        """Signed class maps: classifier weights . features, (N, C, h, w) -> (N, 19, h, w).
+
+        The head is linear and applied after global average pooling, so the mean of a class's map over
+        any region is the logit the classifier gives that region's mean feature.
+        """
+        return F.conv2d(features, self.classifier.weight)
+
     def cam(self, features: torch.Tensor) -> torch.Tensor:
         """Class activation maps: ReLU(classifier weights . features), (N, C, h, w) -> (N, 19, h, w), unnormalised."""
-        return F.relu(F.conv2d(features, self.classifier.weight))
+        return F.relu(self.logit_map(features))
 
 
 def create_classifier(
