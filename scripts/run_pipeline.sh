@@ -110,15 +110,15 @@ fi
 SEGM=$([ "$STAGE2" = 1 ] && last_ckpt "$OUT_DIR/segm_train" || echo none)
 
 # Final inference: each stage alone, then the ensemble (round 1 on both, segmentation on CAMs).
-# cam_round* score cells from the signed logit maps (cell_logit); cam_round1_rate_mean is the 15th place's scoring.
+# Cells are scored from the signed logit maps (cell_logit); cam_round1_rate_mean is the 15th place's scoring.
 TEST_MASKS="$DATA_DIR/masks/test_$MASK_BACKEND"
 declare -A RUNS=(
   [image_prob]="[[both, 1.0, $ROUND1]]|image_prob"
   [cam_round0]="[[both, 1.0, $ROUND0]]|cell_logit"
   [cam_round1]="[[both, 1.0, $ROUND1]]|cell_logit"
   [cam_round1_rate_mean]="[[both, 1.0, $ROUND1]]|cam_rate_mean"
-  [segmentation]="[[pred, 1.0, $ROUND1], [cam, 1.0, $SEGM]]|cam_rate_mean"
-  [ensemble]="[[both, 1.0, $ROUND0], [both, 1.0, $ROUND1], [cam, 2.0, $SEGM]]|cam_rate_mean"
+  [segmentation]="[[pred, 1.0, $ROUND1], [cam, 1.0, $SEGM]]|cell_logit"
+  [ensemble]="[[both, 1.0, $ROUND0], [both, 1.0, $ROUND1], [cam, 2.0, $SEGM]]|cell_logit"
 )
 NAMES=(image_prob cam_round0 cam_round1 cam_round1_rate_mean)
 [ "$STAGE2" = 1 ] && NAMES+=(segmentation ensemble)
