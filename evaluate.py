@@ -6,7 +6,9 @@
 
 Prints one AP column per scored submission (class id, name, truth cells, AP) and the mAP.
 ``--floor`` adds the image-label floor: every truth cell given all of its image's labels at
-confidence 1 (works without ``--submission``).
+confidence 1 (works without ``--submission``). ``--ceiling`` adds, for each submission, its
+within-image ceiling ("NAME ceiling"): the same confidences with every cell of an image put in the
+right order, i.e. what perfect localisation could add to that submission's image-level evidence.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from pathlib import Path
 import pandas as pd
 
 from src.data.atomic import write_text_atomic
-from src.metrics import evaluate_submission, format_ap_table, image_label_floor_submission, load_truth
+from src.metrics import (
+    evaluate_submission,
+    format_ap_table,
+    image_label_floor_submission,
+    load_truth,
+    within_image_ceiling,
+)
 from src.submission.codec import read_submission
 
 FLOOR_NAME = "image-label floor"
@@ -46,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--floor", action="store_true", help="also score the image-label floor")
+    outputs.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also score each submission's within-image ceiling: a class of the image given to a matched cell "
+        "that lacks it is demoted x 1e-3 (perfect ranking of the cells inside each image)",
+    )
     outputs.add_argument("--json", type=Path, help="write the results to this JSON file")
     run = parser.add_argument_group("run")
     run.add_argument(
@@ -95,6 +109,9 @@ def main(args: argparse.Namespace) -> dict:
     results = {}
     for name, submission in submissions.items():
         results[name] = evaluate_submission(submission, truth, list(truth.ids), workers=args.workers)
+        if args.ceiling:
+            ceiling = within_image_ceiling(submission, truth, list(truth.ids))
+            results[f"{name} ceiling"] = evaluate_submission(ceiling, truth, list(truth.ids), workers=args.workers)
     if args.floor:
         floor = image_label_floor_submission(truth)
         results[FLOOR_NAME] = evaluate_submission(floor, truth, list(truth.ids), workers=args.workers)

@@ -20,6 +20,7 @@ from src.metrics import (
     image_label_floor_submission,
     load_truth,
     mask_truth_ious,
+    within_image_ceiling,
 )
 from src.submission.codec import (
     CellPrediction,
@@ -199,6 +200,34 @@ def test_image_label_floor_on_heterogeneous_cells(tmp_path: Path) -> None:
     assert result.mAP == pytest.approx(38 / 45)
 
 
+def test_within_image_ceiling_orders_the_cells_of_each_image_and_keeps_the_rest(tmp_path: Path) -> None:
+    first = np.zeros((6, 9), np.uint16)
+    first[:, :3], first[:, 3:6], first[:, 6:] = 1, 2, 3
+    second = np.zeros((6, 9), np.uint16)
+    second[:3, :], second[3:, :] = 1, 2
+    truth_dir = write_truth(
+        tmp_path, {"img1": first, "img2": second}, {"img1": {1: "0", 2: "0|16", 3: "16"}, "img2": {1: "18", 2: "0"}}
+    )
+    ids = ["img1", "img2"]
+    truth = load_truth(truth_dir, ids)
+    floor = image_label_floor_submission(truth_dir, ids)
+    ceiling = within_image_ceiling(floor, truth, ids)
+    assert evaluate_submission(floor, truth, ids).mAP == pytest.approx(38 / 45)
+    assert evaluate_submission(ceiling, truth, ids).mAP == pytest.approx(1.0)
+    demoted = {
+        (p.class_id, p.confidence)
+        for p in parse_prediction_string(ceiling.set_index("ID").loc["img1", "PredictionString"])
+        if p.rle == encode_binary_mask(first == 1)
+    }
+    assert demoted == {(0, 1.0), (16, 1e-3)}  # cell 1 carries 0, not 16
+    # a class the image lacks (an image-level error) and a mask matching no cell are left as they are
+    stray = np.zeros((6, 9), bool)
+    stray[0, 0] = True
+    extra = submission({"img2": [(5, 0.7, second == 1), (0, 0.6, stray)]})
+    kept = parse_prediction_string(within_image_ceiling(extra, truth, ["img2"])["PredictionString"][0])
+    assert [(p.class_id, p.confidence) for p in kept] == [(5, 0.7), (0, 0.6)]
+
+
 def test_average_precision_edge_cases() -> None:
     assert average_precision(np.array([], bool), 3) == 0.0
     assert np.isnan(average_precision(np.array([True]), 0))
@@ -299,7 +328,7 @@ def test_evaluate_cli_writes_json(tmp_path: Path) -> None:
     pd.DataFrame({"ID": ["img1", "img2"], "PredictionString": ["", ""]}).to_csv(split_csv, index=False)
     out = tmp_path / "out" / "scores.json"
     command = [sys.executable, "evaluate.py", "--submission", str(tmp_path / "sub.csv"), "--truth_dir", str(truth)]
-    command += ["--split_csv", str(split_csv), "--floor", "--json", str(out)]
+    command += ["--split_csv", str(split_csv), "--floor", "--ceiling", "--json", str(out)]
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert "image-label floor" in completed.stdout and "mAP" in completed.stdout
@@ -308,4 +337,5 @@ def test_evaluate_cli_writes_json(tmp_path: Path) -> None:
     assert report["results"]["image-label floor"]["mAP"] == pytest.approx(38 / 45)
     # submission: class 0 recall 1/3, class 16 recall 1/2, class 18 missed, all at precision 1
     assert report["results"]["submission"]["mAP"] == pytest.approx((1 / 3 + 1 / 2 + 0) / 3)
+    assert report["results"]["submission ceiling"]["mAP"] == pytest.approx((1 / 3 + 1 / 2 + 0) / 3)  # nothing to fix
     assert report["results"]["submission"]["per_class"]["18"]["num_truth"] == 1

@@ -1,5 +1,6 @@
 """Single-cell mAP evaluation against per-cell truth (the Kaggle HPA competition metric)."""
 
+from src.metrics.ceiling import within_image_ceiling
 from src.metrics.cell_ap import (
     IOU_THRESHOLD,
     CellAPResult,
@@ -22,4 +23,5 @@ __all__ = [
     "load_truth",
     "mask_truth_ious",
     "match_image",
+    "within_image_ceiling",
 ]
