@@ -162,6 +162,19 @@ def test_cell_logit_reads_signed_maps_and_scores_every_cell(tiny_synthetic, tiny
         make_settings(tiny_synthetic, tiny_checkpoint, tmp_path / "masks", conf_how="cell_logit", cam_method="gradcam")
 
 
+def test_fold_scores_only_that_fold_of_the_training_images(tiny_synthetic, tiny_checkpoint, tmp_path):
+    from src.data.folds import load_or_make_folds
+    from src.data.io import read_labels
+
+    folds = load_or_make_folds(read_labels(tiny_synthetic / "train.csv"), tiny_synthetic)
+    expected = sorted(folds.loc[folds["fold"] == 1, "ID"])
+    settings = make_settings(tiny_synthetic, tiny_checkpoint, tmp_path / "masks", split="train", fold=1)
+    assert not run_inference(settings, tmp_path / "val.csv").failed
+    assert sorted(read_submission(tmp_path / "val.csv")["ID"]) == expected and 0 < len(expected) < 24
+    with pytest.raises(ValueError, match="needs split 'train'"):
+        make_settings(tiny_synthetic, tiny_checkpoint, tmp_path / "masks", fold=1)
+
+
 def test_cli_yaml_override_and_gradcam(tiny_synthetic, tiny_checkpoint, tmp_path):
     config = load_yaml(CONFIG_DIR / "kaggle_submission.yaml")
     config.update(data_dir=str(tiny_synthetic), ckpt_paths=[["both", 1.0, str(tiny_checkpoint)]])

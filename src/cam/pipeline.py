@@ -30,12 +30,14 @@ from src.cam.sources import CAM_METHODS, CheckpointSpec, join_sources, load_sour
 from src.cells.cache import MaskCache, shard_ids
 from src.data.atomic import write_text_atomic
 from src.data.classes import CHANNELS
+from src.data.folds import load_or_make_folds
 from src.data.io import channel_path, labels_to_multihot, read_labels, read_rgby, resize_image
 from src.submission.codec import SUBMISSION_COLUMNS, read_submission, write_submission
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("test", "gen_pseudo")
+N_FOLDS = 5  # the training folds (run_classification.py --n_splits default)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class InferConfig:
     split: str
     stage: str
     ckpt_paths: list
+    fold: int = -1
     conf_how: str = "cam_rate_mean"
     cam_method: str = "cam"
     gradcam_layer: str = ""
@@ -106,6 +109,8 @@ class InferConfig:
             raise ValueError(f"{source}: ckpt_paths is empty")
         if not all(s > 0 for s in self.tta_scales):
             raise ValueError(f"{source}: tta_scales must be positive, got {self.tta_scales}")
+        if self.fold >= 0 and self.split != "train":
+            raise ValueError(f"{source}: fold {self.fold} selects training images; it needs split 'train'")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"{source}: need 0 <= shard_index < num_shards, got {self.shard_index}, {self.num_shards}")
 
@@ -134,8 +139,9 @@ class InferConfig:
         return json.dumps({k: v for k, v in vars(self).items() if k not in skip}, sort_keys=True, default=str)
 
 
-def split_image_ids(data_dir: str | os.PathLike, split: str) -> list[str]:
-    """IDs of a split: ``sample_submission.csv`` for 'test', ``train.csv`` for 'train'."""
+def split_image_ids(data_dir: str | os.PathLike, split: str, fold: int = -1) -> list[str]:
+    """IDs of a split: ``sample_submission.csv`` for 'test', ``train.csv`` for 'train'; with ``fold`` >= 0
+    only that fold of the training folds (5 folds, seed 0: the validation fold ``--val_fold`` of training)."""
     data_dir = Path(data_dir)
     if split == "test":
         csv = data_dir / "sample_submission.csv"
@@ -143,7 +149,13 @@ def split_image_ids(data_dir: str | os.PathLike, split: str) -> list[str]:
             raise FileNotFoundError(f"split 'test' needs {csv}")
         return pd.read_csv(csv, dtype={"ID": str})["ID"].tolist()
     if split == "train":
-        return read_labels(data_dir / "train.csv")["ID"].tolist()
+        frame = read_labels(data_dir / "train.csv")
+        if fold < 0:
+            return frame["ID"].tolist()
+        frame = load_or_make_folds(frame, data_dir, N_FOLDS)
+        if fold >= N_FOLDS:
+            raise ValueError(f"fold must lie in 0..{N_FOLDS - 1}, got {fold}")
+        return frame.loc[frame["fold"] == fold, "ID"].tolist()
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
 
@@ -271,7 +283,7 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
     out_path = output_path(sub_path, settings.num_shards, settings.shard_index)
     device = resolve_device(settings.device)
     specs = [CheckpointSpec.parse(entry, i) for i, entry in enumerate(settings.ckpt_paths)]
-    all_ids = split_image_ids(settings.data_dir, settings.split)
+    all_ids = split_image_ids(settings.data_dir, settings.split, settings.fold)
     truth = None
     if settings.stage == "gen_pseudo":
         frame = read_labels(Path(settings.data_dir) / "train.csv")
