@@ -175,6 +175,29 @@ def test_fold_scores_only_that_fold_of_the_training_images(tiny_synthetic, tiny_
         make_settings(tiny_synthetic, tiny_checkpoint, tmp_path / "masks", fold=1)
 
 
+def test_tune_scoring_script_scores_each_setting_on_the_validation_fold(tiny_synthetic, tiny_checkpoint, tmp_path):
+    import os
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    env = dict(
+        os.environ, PYTHON=os.environ.get("PYTHON", str(ROOT / ".venv" / "bin" / "python")),
+        DATA_DIR=str(tiny_synthetic), CKPT=str(tiny_checkpoint), OUT=str(tmp_path / "tune"), NUM_WORKERS="0",
+        SETTINGS="--conf_how image_prob; --conf_how cell_logit --logit_margin 3\n",
+    )  # fmt: skip
+    result = subprocess.run(
+        ["bash", "scripts/tune_scoring.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    results = json.loads((tmp_path / "tune" / "evaluation.json").read_text())["results"]
+    assert set(results) == {"conf_how_image_prob", "conf_how_cell_logit_logit_margin_3"}
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| conf how")]
+    assert rows == [f"| {name.replace('_', ' ')} | {r['mAP']:.3f} |" for name, r in results.items()]
+    config = yaml.safe_load((tmp_path / "tune" / "conf_how_cell_logit_logit_margin_3.csv.config.yaml").read_text())
+    assert (config["split"], config["fold"], config["logit_margin"]) == ("train", 0, 3)
+
+
 def test_cli_yaml_override_and_gradcam(tiny_synthetic, tiny_checkpoint, tmp_path):
     config = load_yaml(CONFIG_DIR / "kaggle_submission.yaml")
     config.update(data_dir=str(tiny_synthetic), ckpt_paths=[["both", 1.0, str(tiny_checkpoint)]])
