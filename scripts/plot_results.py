@@ -1,6 +1,7 @@
 """README pictures of a finished pipeline run: per-class AP bars, per-cell predictions, CAMs per class.
 
     python scripts/plot_results.py --out_dir outputs/synthetic --data_dir data/synthetic
+    python scripts/plot_results.py --out_dir outputs/gpu_scale --only_ap --ap_name per_class_ap_gpu.png
 
 Reads ``{out_dir}/evaluation.json`` (evaluate.py), ``{out_dir}/submission.csv`` and the round-1
 checkpoint; writes ``images/per_class_ap.png``, ``images/cell_predictions.png`` and
@@ -158,7 +159,9 @@ def plot_cam_overlays(
 
 def main(args: argparse.Namespace) -> None:
     evaluation = json.loads((args.out_dir / "evaluation.json").read_text())
-    plot_per_class_ap(evaluation, args.images_dir / "per_class_ap.png")
+    plot_per_class_ap(evaluation, args.images_dir / args.ap_name)
+    if args.only_ap:
+        return
     truth_dir = args.data_dir / "truth"
     cell_labels = read_cell_labels(truth_dir / "cell_labels.csv")
     plot_cell_predictions(
@@ -193,6 +196,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data_dir", type=Path, default=Path("data/synthetic"))
     parser.add_argument("--images_dir", type=Path, default=Path("images"))
     parser.add_argument("--image_id", default=None, help="test image of the predictions picture (default: most cells)")
+    parser.add_argument("--ap_name", default="per_class_ap.png", help="file name of the per-class AP picture")
+    parser.add_argument(
+        "--only_ap", action="store_true", help="draw the per-class AP picture only (any evaluation.json)"
+    )
     return parser.parse_args()
 
 

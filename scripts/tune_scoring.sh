@@ -21,12 +21,14 @@ SETTINGS=${SETTINGS:-"--conf_how image_prob; --conf_how cell_logit --logit_slope
 
 mkdir -p "$OUT"
 names=()
+settings_run=()
 IFS=';' read -ra settings <<< "$(echo "$SETTINGS" | tr '\n' ' ')"
 for setting in "${settings[@]}"; do
   read -ra args <<< "$setting"
   [ ${#args[@]} -gt 0 ] || continue
   name=$(echo "${args[*]}" | sed 's/--//g; s/ /_/g')
   names+=("$name")
+  settings_run+=("${args[*]}")
   [ -f "$OUT/$name.csv" ] && { echo "== $name: done earlier, skipped"; continue; }
   echo "== $name"
   $PYTHON run_cam_infer.py --yaml_path src/config/kaggle_submission.yaml --sub_path "$OUT/$name.csv" \
@@ -35,14 +37,12 @@ for setting in "${settings[@]}"; do
     "${args[@]}"
 done
 $PYTHON evaluate.py --truth_dir "$DATA_DIR/truth" --json "$OUT/evaluation.json" \
-  $(for name in "${names[@]}"; do echo "--submission $name=$OUT/$name.csv"; done) > "$OUT/evaluation.txt"
-$PYTHON - "$OUT/evaluation.json" <<'PY'
-import json
-import sys
-
-results = json.loads(open(sys.argv[1]).read())["results"]
-print("| setting (validation fold) | single-cell mAP |")
-print("|---|---|")
-for name, result in results.items():
-    print(f"| {name.replace('_', ' ')} | {result['mAP']:.3f} |")
-PY
+  $(for name in "${names[@]}"; do echo "--submission $name=$OUT/$name.csv"; done) > "$OUT/evaluation.txt" 2>&1 ||
+  { cat "$OUT/evaluation.txt" >&2; exit 1; }
+echo "| setting (validation fold $FOLD, $(basename "$DATA_DIR")) | single-cell mAP |"
+echo "|---|---|"
+for i in "${!names[@]}"; do
+  map=$($PYTHON -c 'import json, sys; print("%.3f" % json.load(open(sys.argv[1]))["results"][sys.argv[2]]["mAP"])' \
+    "$OUT/evaluation.json" "${names[$i]}")
+  echo "| \`$(echo ${settings_run[$i]})\` | $map |"
+done
