@@ -194,7 +194,10 @@ def test_tune_scoring_script_scores_each_setting_on_the_validation_fold(tiny_syn
     assert set(results) == {"conf_how_image_prob", "conf_how_cell_logit_logit_margin_3"}
     rows = [line for line in result.stdout.splitlines() if line.startswith("| `--conf_how")]
     maps = [f"{results[name]['mAP']:.3f}" for name in ("conf_how_image_prob", "conf_how_cell_logit_logit_margin_3")]
-    assert rows == [f"| `--conf_how image_prob` | {maps[0]} |", f"| `--conf_how cell_logit --logit_margin 3` | {maps[1]} |"]
+    assert rows == [
+        f"| `--conf_how image_prob` | {maps[0]} |",
+        f"| `--conf_how cell_logit --logit_margin 3` | {maps[1]} |",
+    ]
     config = yaml.safe_load((tmp_path / "tune" / "conf_how_cell_logit_logit_margin_3.csv.config.yaml").read_text())
     assert (config["split"], config["fold"], config["logit_margin"]) == ("train", 0, 3)
 
