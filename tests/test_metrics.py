@@ -53,6 +53,18 @@ def submission(predictions: dict[str, list[tuple[int, float, np.ndarray]]]) -> p
     return pd.DataFrame(rows, columns=["ID", "ImageWidth", "ImageHeight", "PredictionString"])
 
 
+def heterogeneous_truth(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """img1: three column cells labelled 0, 0|16, 16; img2: two row cells labelled 18, 0 -> (truth_dir, masks)."""
+    first = np.zeros((6, 9), np.uint16)
+    first[:, :3], first[:, 3:6], first[:, 6:] = 1, 2, 3
+    second = np.zeros((6, 9), np.uint16)
+    second[:3, :], second[3:, :] = 1, 2
+    truth = write_truth(
+        tmp_path, {"img1": first, "img2": second}, {"img1": {1: "0", 2: "0|16", 3: "16"}, "img2": {1: "18", 2: "0"}}
+    )
+    return truth, first, second
+
+
 @pytest.fixture()
 def two_cells(tmp_path: Path) -> tuple[Path, np.ndarray]:
     """One 10x10 image: cell 1 = rows 0-4, cell 2 = rows 5-9, both of class 0."""
@@ -179,13 +191,7 @@ def test_missing_image_counts_as_no_predictions(tmp_path: Path) -> None:
 
 
 def test_image_label_floor_on_heterogeneous_cells(tmp_path: Path) -> None:
-    first = np.zeros((6, 9), np.uint16)
-    first[:, :3], first[:, 3:6], first[:, 6:] = 1, 2, 3
-    second = np.zeros((6, 9), np.uint16)
-    second[:3, :], second[3:, :] = 1, 2
-    truth = write_truth(
-        tmp_path, {"img1": first, "img2": second}, {"img1": {1: "0", 2: "0|16", 3: "16"}, "img2": {1: "18", 2: "0"}}
-    )
+    truth, first, second = heterogeneous_truth(tmp_path)
     floor = image_label_floor_submission(truth, ["img1", "img2"])
     predictions = parse_prediction_string(floor.set_index("ID").loc["img1", "PredictionString"])
     assert [(p.class_id, p.confidence) for p in predictions] == [(0, 1.0), (16, 1.0)] * 3
@@ -201,13 +207,7 @@ def test_image_label_floor_on_heterogeneous_cells(tmp_path: Path) -> None:
 
 
 def test_within_image_ceiling_orders_the_cells_of_each_image_and_keeps_the_rest(tmp_path: Path) -> None:
-    first = np.zeros((6, 9), np.uint16)
-    first[:, :3], first[:, 3:6], first[:, 6:] = 1, 2, 3
-    second = np.zeros((6, 9), np.uint16)
-    second[:3, :], second[3:, :] = 1, 2
-    truth_dir = write_truth(
-        tmp_path, {"img1": first, "img2": second}, {"img1": {1: "0", 2: "0|16", 3: "16"}, "img2": {1: "18", 2: "0"}}
-    )
+    truth_dir, first, second = heterogeneous_truth(tmp_path)
     ids = ["img1", "img2"]
     truth = load_truth(truth_dir, ids)
     floor = image_label_floor_submission(truth_dir, ids)
@@ -311,13 +311,7 @@ def test_format_ap_table_has_one_column_per_result() -> None:
 
 
 def test_evaluate_cli_writes_json(tmp_path: Path) -> None:
-    first = np.zeros((6, 9), np.uint16)
-    first[:, :3], first[:, 3:6], first[:, 6:] = 1, 2, 3
-    second = np.zeros((6, 9), np.uint16)
-    second[:3, :], second[3:, :] = 1, 2
-    truth = write_truth(
-        tmp_path, {"img1": first, "img2": second}, {"img1": {1: "0", 2: "0|16", 3: "16"}, "img2": {1: "18", 2: "0"}}
-    )
+    truth, first, second = heterogeneous_truth(tmp_path)
     perfect = [
         CellPrediction(0, 0.9, encode_binary_mask(first == 1)),
         CellPrediction(16, 0.8, encode_binary_mask(first == 3)),
