@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from src.cam.cell_scores import CELL_LOGIT  # noqa: E402
 from src.cam.pipeline import InferConfig, resolve_device, run_inference, split_image_ids  # noqa: E402
 from src.cam.sources import CheckpointSpec, load_sources  # noqa: E402
 from src.cells.cache import fill_mask_cache  # noqa: E402
@@ -72,12 +73,13 @@ def model_seconds(settings: InferConfig, ids: list[str], device: torch.device) -
     ]
     batches = [torch.stack(images[i : i + settings.batch_size]) for i in range(0, len(images), settings.batch_size)]
     cam_size = (settings.cam_size, settings.cam_size)
-    source.predict(batches[0], cam_size, settings.tta_flips, settings.tta_scales)  # warm-up
+    map_kind = "logit" if settings.conf_how == CELL_LOGIT else "cam"  # the maps the stage computes
+    source.predict(batches[0], cam_size, settings.tta_flips, settings.tta_scales, map_kind)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for batch in batches:
-        source.predict(batch, cam_size, settings.tta_flips, settings.tta_scales)
+        source.predict(batch, cam_size, settings.tta_flips, settings.tta_scales, map_kind)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -108,7 +110,7 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit(f"{len(report.failed)} image(s) failed: {report.failed}")
     model = model_seconds(settings, ids, resolve_device(args.device))
     n = len(ids)
-    print(f"{n} images of {args.size} px, checkpoint {args.ckpt}, flips {settings.tta_flips}, "
+    print(f"{n} images of {args.size} px, conf_how {settings.conf_how}, checkpoint {args.ckpt}, flips {settings.tta_flips}, "
           f"scales {settings.tta_scales}, batch {args.batch_size}, {args.num_workers} workers, {torch.get_num_threads()} threads")  # fmt: skip
     print(f"whole stage (cached masks): {stage / n:.3f} s/image")
     print(f"model alone:                {model / n:.3f} s/image")
