@@ -23,7 +23,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.cam.cell_scores import CELL_LOGIT  # noqa: E402
 from src.cam.pipeline import InferConfig, resolve_device, run_inference, split_image_ids  # noqa: E402
 from src.cam.sources import CheckpointSpec, load_sources  # noqa: E402
 from src.cells.cache import fill_mask_cache  # noqa: E402
@@ -73,7 +72,7 @@ def model_seconds(settings: InferConfig, ids: list[str], device: torch.device) -
     ]
     batches = [torch.stack(images[i : i + settings.batch_size]) for i in range(0, len(images), settings.batch_size)]
     cam_size = (settings.cam_size, settings.cam_size)
-    map_kind = "logit" if settings.conf_how == CELL_LOGIT else "cam"  # the maps the stage computes
+    map_kind = settings.map_kind  # the maps the stage computes
     source.predict(batches[0], cam_size, settings.tta_flips, settings.tta_scales, map_kind)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -296,20 +296,14 @@ def cell_cam_stats(
             f"shape mismatch: cams {cams.shape}, cell_mask {cell_mask.shape}, "
             f"nuclei_mask {nuclei_mask.shape}, green {green.shape}"
         )
-    num_ids = int(cell_mask.max()) + 1
-    num_ids = max(num_ids, int(nuclei_mask.max()) + 1)
-    cells = cell_mask.ravel().astype(np.int64)
+    scored = _scored_cells(cell_mask, green, config)
+    num_ids = max(scored.num_ids, int(nuclei_mask.max()) + 1)
     flat_cams = cams.reshape(cams.shape[0], -1)
-    area, pos, high, pos_sum, cam_max = _segment_stats(cells, flat_cams, config.cam_high_value, num_ids)
+    _, pos, high, pos_sum, cam_max = _segment_stats(scored.labels, flat_cams, config.cam_high_value, num_ids)
     nuclei = nuclei_mask.ravel().astype(np.int64)
     nuc_area, nuc_pos, nuc_high, _, _ = _segment_stats(nuclei, flat_cams, config.cam_high_value, num_ids)
-    green_sum, green_high = _green_stats(cells, green, num_ids, config.dark_percentile)
 
-    side = max(cell_mask.shape)
-    min_area = (side * config.min_cell_fraction) ** 2
-    cell_ids = np.flatnonzero(area >= max(min_area, 1))
-    cell_ids = cell_ids[cell_ids > 0]
-    a = area[cell_ids]
+    cell_ids, a = scored.ids, scored.area
     na = np.maximum(nuc_area[cell_ids], 1)
     has_nucleus = nuc_area[cell_ids] > 0
     rate = np.maximum(pos[:, cell_ids] / a, np.where(has_nucleus, nuc_pos[:, cell_ids] / na, 0))
@@ -321,8 +315,8 @@ def cell_cam_stats(
         cam_mean_pos=mean_pos.T,
         cam_rate=rate.T,
         cam_high_rate=high_rate.T,
-        green_mean=green_sum[cell_ids] / a,
-        green_high=green_high[cell_ids],
+        green_mean=scored.green_mean,
+        green_high=scored.green_high,
         area=a,
     )
 

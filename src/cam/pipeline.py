@@ -133,6 +133,11 @@ class InferConfig:
             negative_from_prob=self.negative_from_prob,
         )
 
+    @property
+    def map_kind(self) -> str:
+        """The class maps the sources give: signed logits for ``cell_logit``, normalised CAMs otherwise."""
+        return "logit" if self.conf_how == CELL_LOGIT else "cam"
+
     def fingerprint(self) -> str:
         """What decides the output rows (not workers, batch size or sharding)."""
         skip = {"num_workers", "batch_size", "device", "num_shards", "shard_index"}
@@ -316,7 +321,6 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
         pin_memory=device.type == "cuda",
     )
     score_config = settings.score_config()
-    map_kind = "logit" if settings.conf_how == CELL_LOGIT else "cam"
     pending: dict[Future, str] = {}
     workers = max(1, settings.num_workers)
     progress = tqdm(total=len(todo), desc=f"CAM inference ({settings.split})", unit="img")
@@ -351,7 +355,9 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
                 outputs = []
                 for source in sources:
                     images = torch.stack([item["inputs"][source.input_size] for item in good])
-                    probs, cams = source.predict(images, cam_size, settings.tta_flips, settings.tta_scales, map_kind)
+                    probs, cams = source.predict(
+                        images, cam_size, settings.tta_flips, settings.tta_scales, settings.map_kind
+                    )
                     outputs.append((source.spec, probs, cams))
                 probs, cams = join_sources(outputs)
                 for row, item in enumerate(good):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.cam.sources import MAP_KINDS, CheckpointSpec, normalise_per_class, tta_views
+from src.cam.sources import CheckpointSpec, check_map_kind, tta_views, view_maps
 from src.data.classes import NUM_CLASSES
 from src.models.preprocess import normalize_images
 from src.segmentation.network import OUTPUT_STRIDE, segmentation_maps
@@ -80,8 +80,7 @@ class SegmentationSource:
             scales: input scale factors (1.0 = the training input size); scaled sides round to a multiple of 32.
             map_kind: 'cam' (per-class-normalised maps) or 'logit' (signed per-pixel class logits).
         """
-        if map_kind not in MAP_KINDS:
-            raise ValueError(f"map_kind must be one of {MAP_KINDS}, got {map_kind!r}")
+        check_map_kind(map_kind)
         images = images.to(self.device, non_blocking=True)[:, : self.in_chans]
         images = normalize_images(images)
         if self.device.type == "cuda":
@@ -101,6 +100,6 @@ class SegmentationSource:
                 if dims:
                     maps = maps.flip(dims)
                 maps = F.interpolate(maps, size=cam_size, mode="bilinear", align_corners=False)
-                maps_sum += normalise_per_class(maps) if map_kind == "cam" else maps
+                maps_sum += view_maps(maps, map_kind)  # segmentation maps are >= 0: the ReLU changes nothing
                 views += 1
         return None, (maps_sum / views).cpu()

@@ -64,6 +64,17 @@ def normalise_per_class(cams: torch.Tensor) -> torch.Tensor:
     return cams / (cams.amax(dim=(2, 3), keepdim=True) + 1e-5)
 
 
+def check_map_kind(map_kind: str) -> None:
+    if map_kind not in MAP_KINDS:
+        raise ValueError(f"map_kind must be one of {MAP_KINDS}, got {map_kind!r}")
+
+
+def view_maps(maps: torch.Tensor, map_kind: str) -> torch.Tensor:
+    """One TTA view's (N, 19, h, w) maps as they are averaged: 'cam' ReLU'd and divided by each map's maximum,
+    'logit' as they are."""
+    return normalise_per_class(F.relu(maps)) if map_kind == "cam" else maps
+
+
 class ClassifierSource:
     """CAMs and probabilities of one classification checkpoint.
 
@@ -153,8 +164,7 @@ class ClassifierSource:
             map_kind: 'cam' (ReLU, each map divided by its maximum) or 'logit' (signed logit maps, ``cam_method``
                 'cam' only).
         """
-        if map_kind not in MAP_KINDS:
-            raise ValueError(f"map_kind must be one of {MAP_KINDS}, got {map_kind!r}")
+        check_map_kind(map_kind)
         if map_kind == "logit" and self.cam_method != "cam":
             raise ValueError(f"{self.spec.path}: logit maps need cam_method 'cam', not {self.cam_method!r}")
         images = images.to(self.device, non_blocking=True)[:, : self.in_chans]
@@ -177,7 +187,7 @@ class ClassifierSource:
                     cams = cams.flip(dims)
                 cams = F.interpolate(cams, size=cam_size, mode="bilinear", align_corners=False)
                 probs_sum += probs
-                cams_sum += normalise_per_class(F.relu(cams)) if map_kind == "cam" else cams
+                cams_sum += view_maps(cams, map_kind)
                 views += 1
         return (probs_sum / views).cpu(), (cams_sum / views).cpu()
 
