@@ -22,7 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from src.data.atomic import write_csv_atomic
-from src.segmentation.targets import (
+from src.segm_labels.targets import (
     ERROR_COLUMNS,
     ERROR_FILE,
     pseudo_labels_from_prediction_string,

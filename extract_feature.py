@@ -14,8 +14,9 @@ import torch
 
 from src.sccam.feature_files import save_features
 from src.sccam.features import extract_features
+from src.training.checkpoints import load_trained_pl_model
 from src.training.datamodule import EXT_DATA_MODES, HPADataModule
-from src.training.lit_model import LitModel, load_trained_pl_model
+from src.training.lit_model import LitModel
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from src.cells.cache import MaskCacheMismatchError, fill_mask_cache
-from src.cells.classical import ClassicalParams
-from src.cells.segment import BACKENDS
+from src.cell_masks.cache import MaskCacheMismatchError, fill_mask_cache
+from src.cell_masks.classical import ClassicalParams
+from src.cell_masks.segment import BACKENDS
 from src.data.io import read_labels
 
 

@@ -24,19 +24,22 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from src.data.classes import NUM_CLASSES
 from src.metrics import load_truth
-from src.models.factory import check_model_name, create_classifier, parse_timm_kwargs
-from src.models.losses import LOSS_NAMES, build_criterion
-from src.sccam.sub_labels import read_sub_label_table
-from src.segmentation.network import (
+from src.models.backbone import check_model_name, parse_timm_kwargs
+from src.models.classifier import create_classifier
+from src.models.factory import build_criterion
+from src.models.losses import LOSS_NAMES
+from src.models.unet import (
     DECODER_CHANNELS,
     check_input_size,
     create_segmentation_network,
     parse_decoder_channels,
 )
-from src.segmentation.targets import SegmTargetReader
+from src.sccam.sub_labels import read_sub_label_table
+from src.segm_labels.targets import SegmTargetReader
 from src.training.augment import AUG_MODES
+from src.training.checkpoints import read_checkpoint_hparams
 from src.training.datamodule import CACHE_FORMATS, EXT_DATA_MODES, HPADataModule
-from src.training.lit_model import OPTIM_NAMES, LitModel, read_checkpoint_hparams
+from src.training.lit_model import OPTIM_NAMES, LitModel
 
 PRECISIONS = {
     "16": "16-mixed",

@@ -26,8 +26,8 @@ from skimage.segmentation import watershed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.cells.classical import ClassicalParams, segment_classical, segment_nuclei  # noqa: E402
-from src.cells.quality import f1_score, match_instances  # noqa: E402
+from src.cell_masks.classical import ClassicalParams, segment_classical, segment_nuclei  # noqa: E402
+from src.cell_masks.quality import f1_score, match_instances  # noqa: E402
 from src.data.io import read_labels, read_rgby  # noqa: E402
 
 

@@ -22,8 +22,8 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.cells.cache import write_masks  # noqa: E402
-from src.cells.classical import segment_classical  # noqa: E402
+from src.cell_masks.cache import write_masks  # noqa: E402
+from src.cell_masks.classical import segment_classical  # noqa: E402
 from src.data.io import read_labels, read_rgby  # noqa: E402
 
 

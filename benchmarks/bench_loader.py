@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.data.io import labels_to_multihot, read_labels, read_rgby
-from src.models.factory import create_classifier
+from src.models.classifier import create_classifier
 from src.models.losses import ClassificationLoss
 from src.models.preprocess import normalize_images
 from src.training.augment import build_transforms

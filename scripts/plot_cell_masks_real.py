@@ -19,8 +19,8 @@ from skimage.segmentation import find_boundaries  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.cells.classical import segment_classical  # noqa: E402
-from src.cells.quality import f1_score, match_instances  # noqa: E402
+from src.cell_masks.classical import segment_classical  # noqa: E402
+from src.cell_masks.quality import f1_score, match_instances  # noqa: E402
 from src.data.atomic import atomic_path  # noqa: E402
 from src.data.io import read_rgby  # noqa: E402
 from src.viz.render import rgby_to_display  # noqa: E402

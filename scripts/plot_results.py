@@ -27,7 +27,8 @@ from skimage.segmentation import find_boundaries  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.cam.sources import CheckpointSpec, load_sources  # noqa: E402
+from src.cam.map_source import CheckpointSpec  # noqa: E402
+from src.cam.sources import load_sources  # noqa: E402
 from src.data.atomic import atomic_path  # noqa: E402
 from src.data.classes import CLASS_NAMES, NEGATIVE  # noqa: E402
 from src.data.io import read_rgby, resize_image  # noqa: E402

@@ -7,9 +7,11 @@ import pytest
 import torch
 import yaml
 
+from src.cam.classifier_source import ClassifierSource
+from src.cam.map_source import CheckpointSpec, normalise_per_class
 from src.cam.pipeline import InferConfig, merge_shards, output_path, run_inference
-from src.cam.sources import CheckpointSpec, join_sources, normalise_per_class
-from src.cells.cache import mask_path, read_masks
+from src.cam.sources import join_sources
+from src.cell_masks.cache import mask_path, read_masks
 from src.config import CONFIG_DIR, load_yaml
 from src.submission.codec import decode_binary_mask, parse_prediction_string, read_submission
 from tests.conftest import run_script
@@ -141,7 +143,6 @@ def test_each_class_map_is_divided_by_its_maximum():
 
 
 def test_cell_logit_reads_signed_maps_and_scores_every_cell(tiny_synthetic, tiny_checkpoint, tmp_path):
-    from src.cam.sources import ClassifierSource
 
     source = ClassifierSource(CheckpointSpec("both", 1.0, str(tiny_checkpoint)), torch.device("cpu"))
     images = torch.randint(0, 255, (2, 4, source.input_size, source.input_size), dtype=torch.uint8)

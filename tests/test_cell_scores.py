@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from src.cam.cell_scores import (
+from src.data.classes import NEGATIVE, NUM_CLASSES
+from src.scoring.cell_scores import (
     CellScoreConfig,
     cell_cam_stats,
     cell_logit_scores,
@@ -10,7 +11,6 @@ from src.cam.cell_scores import (
     score_cells,
     segment_percentile,
 )
-from src.data.classes import NEGATIVE, NUM_CLASSES
 
 
 def _two_cells(size: int = 64):

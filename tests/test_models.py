@@ -5,8 +5,17 @@ import timm
 import torch
 import torchvision
 
-from src.models.factory import adapt_first_conv, build_network, check_model_name, create_classifier, parse_timm_kwargs
-from src.models.losses import ClassificationLoss, merge_tiles, sigmoid_focal_loss, soft_f1_loss, tile_images
+from src.models.backbone import adapt_first_conv, check_model_name, parse_timm_kwargs
+from src.models.classifier import create_classifier
+from src.models.factory import build_network
+from src.models.losses import (
+    ClassificationLoss,
+    add_puzzle_cam_outputs,
+    merge_tiles,
+    sigmoid_focal_loss,
+    soft_f1_loss,
+    tile_images,
+)
 
 
 def test_unknown_model_name_lists_close_names():
@@ -132,7 +141,6 @@ def test_merged_tiles_rebuild_the_image():
 
 
 def test_puzzle_cam_adds_tile_terms_that_backpropagate():
-    from src.models.losses import add_puzzle_cam_outputs
 
     network = create_classifier("test_resnet", in_chans=4)
     images = torch.randn(2, 4, 64, 64)

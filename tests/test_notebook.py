@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from src.cells.cache import mask_path, read_masks
+from src.cell_masks.cache import mask_path, read_masks
 from src.submission.codec import encode_binary_mask, parse_prediction_string, read_submission
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,15 +7,17 @@ import torch
 
 import create_segm_labels
 import run_classification
+from src.cam.classifier_source import ClassifierSource
+from src.cam.map_source import CheckpointSpec
 from src.cam.pipeline import InferConfig, run_inference
 from src.cam.segm_source import SegmentationSource
-from src.cam.sources import CheckpointSpec, ClassifierSource, load_sources
-from src.cells.cache import mask_path, read_masks
+from src.cam.sources import load_sources
+from src.cell_masks.cache import mask_path, read_masks
 from src.config import CONFIG_DIR, load_yaml
 from src.metrics import evaluate_submission, load_truth
 from src.models.preprocess import normalize_images
-from src.segmentation.network import create_segmentation_network, parse_decoder_channels, segmentation_maps
-from src.segmentation.targets import (
+from src.models.unet import create_segmentation_network, parse_decoder_channels, segmentation_maps
+from src.segm_labels.targets import (
     ERROR_FILE,
     SegmTargetReader,
     pseudo_labels_from_prediction_string,

@@ -11,8 +11,9 @@ import yaml
 
 import run_classification
 from src.data.io import read_rgby, resize_image
+from src.training.checkpoints import load_trained_pl_model
 from src.training.datamodule import HPADataModule, cache_file
-from src.training.lit_model import LitModel, load_trained_pl_model, macro_average_precision, warmup_cosine
+from src.training.lit_model import LitModel, macro_average_precision, warmup_cosine
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = (0, 2, 7, 14)

@@ -24,14 +24,16 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from src.cam.cell_scores import CELL_LOGIT, CellScoreConfig
-from src.cam.score_job import init_scorer, score_image
-from src.cam.sources import CAM_METHODS, CheckpointSpec, join_sources, load_sources
-from src.cells.cache import MaskCache, shard_ids
+from src.cam.classifier_source import CAM_METHODS
+from src.cam.map_source import CheckpointSpec
+from src.cam.sources import join_sources, load_sources
+from src.cell_masks.cache import MaskCache, shard_ids
 from src.data.atomic import write_text_atomic
 from src.data.classes import CHANNELS
 from src.data.folds import load_or_make_folds
 from src.data.io import channel_path, labels_to_multihot, read_labels, read_rgby, resize_image
+from src.scoring.cell_scores import CELL_LOGIT, CellScoreConfig
+from src.scoring.score_job import init_scorer, score_image
 from src.submission.codec import SUBMISSION_COLUMNS, read_submission, write_submission
 
 logger = logging.getLogger(__name__)

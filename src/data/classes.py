@@ -24,3 +24,6 @@ CLASS_NAMES: tuple[str, ...] = (
 NUM_CLASSES = len(CLASS_NAMES)
 NEGATIVE = 18
 CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+# Stage-2 segmentation targets: the 19 classes plus a background channel.
+BACKGROUND = NUM_CLASSES
+NUM_SEGM_CHANNELS = NUM_CLASSES + 1

@@ -1,4 +1,5 @@
-"""Multi-label losses: sigmoid focal (gamma 2), BCE, soft F1, the SC-CAM sub-category term and Puzzle-CAM."""
+"""Multi-label losses: sigmoid focal (gamma 2), BCE, soft F1, the SC-CAM sub-category term, Puzzle-CAM, and the
+per-pixel loss of the stage-2 U-Net."""
 
 from __future__ import annotations
 
@@ -81,22 +82,6 @@ class ClassificationLoss(nn.Module):
         return terms
 
 
-def build_criterion(hparams: Mapping[str, Any]) -> nn.Module:
-    """The loss a run's hyperparameters describe (``loss``, ``soft_f1_weight``, ``subcls_loss_weight``).
-
-    A run with ``segm_label_dir`` (stage 2) gets the per-pixel :class:`src.segmentation.network.SegmentationLoss`.
-    """
-    if hparams.get("segm_label_dir"):
-        from src.segmentation.network import SegmentationLoss  # stage 2 imports this module
-
-        return SegmentationLoss(loss_name=hparams.get("loss", "focal"))
-    return ClassificationLoss(
-        loss_name=hparams.get("loss", "focal"),
-        soft_f1_weight=float(hparams.get("soft_f1_weight", 0.0)),
-        sub_loss_weight=float(hparams.get("subcls_loss_weight", 5.0)),
-    )
-
-
 def tile_images(images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (4N, C, H/2, W/2): top-left, top-right, bottom-left, bottom-right tiles, tile-major."""
     height, width = images.shape[2] // 2, images.shape[3] // 2
@@ -134,3 +119,28 @@ def add_puzzle_cam_outputs(
     outputs["puzzle_logits"] = network.head(merged)["logits"]
     outputs["puzzle_re_loss"] = F.l1_loss(network.cam(merged).float(), network.cam(full_features).float())
     outputs["puzzle_weight"] = torch.tensor(weight)
+
+
+class SegmentationLoss(nn.Module):
+    """Per-pixel loss over the 20 channels: sigmoid focal (gamma 2) or BCE.
+
+    ``forward(outputs, batch)`` takes ``outputs['logits']`` (N, 20, H, W) and ``batch['target']``
+    (N, 20, H, W) in {0, 1}; it returns ``{'loss'}``.
+    """
+
+    def __init__(self, loss_name: str = "focal", gamma: float = 2.0):
+        super().__init__()
+        if loss_name not in LOSS_NAMES:
+            raise ValueError(f"loss must be one of {LOSS_NAMES}, got {loss_name!r}")
+        self.loss_name = loss_name
+        self.gamma = gamma
+
+    def forward(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        logits, target = outputs["logits"].float(), batch["target"].float()
+        if logits.shape != target.shape:
+            raise ValueError(f"segmentation logits {tuple(logits.shape)} and target {tuple(target.shape)} differ")
+        if self.loss_name == "focal":
+            loss = sigmoid_focal_loss(logits, target, self.gamma)
+        else:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, target)
+        return {"loss": loss}

@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import yaml
 from sklearn.metrics import average_precision_score, f1_score
 from torch import nn
 
-from src.models.factory import build_network
-from src.models.losses import add_puzzle_cam_outputs, build_criterion
+from src.models.factory import build_criterion, build_network
+from src.models.losses import add_puzzle_cam_outputs
 from src.models.preprocess import normalize_images
-from src.segmentation.network import segmentation_maps
-from src.segmentation.validation import truth_cell_map
+from src.models.unet import segmentation_maps
+from src.segm_labels.validation import truth_cell_map
 
 logger = logging.getLogger(__name__)
 
@@ -177,42 +173,3 @@ class LitModel(pl.LightningModule):
             optimizer, lambda step: warmup_cosine(step, total_steps, warmup_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def read_checkpoint_hparams(checkpoint_path: str | os.PathLike) -> dict[str, Any]:
-    """Hyperparameters of a run: its ``hparams.yaml`` beside ``checkpoints/`` when present, else the checkpoint's own.
-
-    Raises:
-        FileNotFoundError: the checkpoint does not exist.
-        ValueError: neither source holds hyperparameters.
-    """
-    checkpoint_path = Path(checkpoint_path)
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint_path}")
-    yaml_path = checkpoint_path.parent.parent / "hparams.yaml"
-    if yaml_path.is_file():
-        with open(yaml_path) as handle:
-            hparams = yaml.safe_load(handle)
-        if isinstance(hparams, dict) and hparams:
-            return hparams
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
-    if not hparams:
-        raise ValueError(f"{checkpoint_path}: no hyperparameters in the checkpoint and no {yaml_path}")
-    return dict(hparams)
-
-
-def load_trained_pl_model(
-    model_class: type[LitModel], checkpoint_path: str | os.PathLike, only_load_yaml: bool = False
-) -> tuple[LitModel | None, dict[str, Any]]:
-    """Load a trained run: (model in eval mode on CPU, or None with ``only_load_yaml``; hyperparameters dict).
-
-    The hyperparameters come from the run's ``hparams.yaml`` (or the checkpoint); the model is
-    rebuilt from the checkpoint's own hyperparameters and its weights loaded strictly.
-    """
-    hparams = read_checkpoint_hparams(checkpoint_path)
-    if only_load_yaml:
-        return None, hparams
-    model = model_class.load_from_checkpoint(str(checkpoint_path), map_location="cpu", weights_only=False)
-    model.eval()
-    return model, dict(model.hparams)

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from src.cells.classical import ClassicalParams, segment_classical
+from src.cell_masks.classical import ClassicalParams, segment_classical
 
 BACKENDS = ("classical", "hpacellseg", "precomputed")
 
@@ -23,7 +23,7 @@ class Segmenter(Protocol):
 
 
 class ClassicalSegmenter:
-    """The classical backend (no weights); see ``src.cells.classical``."""
+    """The classical backend (no weights); see ``src.cell_masks.classical``."""
 
     name = "classical"
 
@@ -53,11 +53,11 @@ def get_segmenter(name: str, **params: Any) -> Segmenter:
             raise ValueError(f"backend 'classical': unknown parameter(s) {unknown}; valid: {sorted(known)}")
         return ClassicalSegmenter(**params)
     if name == "hpacellseg":
-        from src.cells.hpacellseg_backend import HpaCellSegSegmenter
+        from src.cell_masks.hpacellseg_backend import HpaCellSegSegmenter
 
         return HpaCellSegSegmenter(**params)
     if name == "precomputed":
-        from src.cells.precomputed import PrecomputedSegmenter
+        from src.cell_masks.precomputed import PrecomputedSegmenter
 
         return PrecomputedSegmenter(**params)
     raise ValueError(f"unknown segmentation backend {name!r}; valid: {', '.join(BACKENDS)}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from src.cells.classical import ClassicalParams, relabel_consistent, segment_nuclei
+from src.cell_masks.classical import ClassicalParams, relabel_consistent, segment_nuclei
 
 logger = logging.getLogger(__name__)
 

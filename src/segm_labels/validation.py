@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from src.cam.cell_scores import CellScoreConfig, score_cells
 from src.data.classes import NUM_CLASSES
 from src.metrics import evaluate_submission, load_truth
+from src.scoring.cell_scores import CellScoreConfig, score_cells
 from src.submission.codec import SUBMISSION_COLUMNS, cell_mask_predictions
 
 logger = logging.getLogger(__name__)

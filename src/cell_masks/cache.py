@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from src.cells.segment import Segmenter, get_segmenter
+from src.cell_masks.segment import Segmenter, get_segmenter
 from src.data.atomic import atomic_path, write_text_atomic
 from src.data.io import read_rgby
 

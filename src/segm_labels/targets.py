@@ -24,13 +24,11 @@ import numpy as np
 import pandas as pd
 
 from src.data.atomic import atomic_path
-from src.data.classes import NEGATIVE, NUM_CLASSES
+from src.data.classes import BACKGROUND, NEGATIVE, NUM_CLASSES, NUM_SEGM_CHANNELS
 from src.submission.codec import decode_binary_mask, parse_prediction_string
 
 logger = logging.getLogger(__name__)
 
-BACKGROUND = NUM_CLASSES  # channel 19 of the target
-NUM_SEGM_CHANNELS = NUM_CLASSES + 1
 TARGET_SUFFIX = ".npz"
 ERROR_FILE = "segm_label_errors.csv"
 ERROR_COLUMNS = ["ID", "error"]

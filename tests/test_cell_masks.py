@@ -1,4 +1,4 @@
-"""Tests of src/cells: segmentation backends, instance matching and the mask cache."""
+"""Tests of src/cell_masks: segmentation backends, instance matching and the mask cache."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from src.cells.cache import (
+from src.cell_masks.cache import (
     CorruptMaskFileError,
     MaskCache,
     MaskCacheMismatchError,
@@ -25,10 +25,10 @@ from src.cells.cache import (
     shard_ids,
     write_masks,
 )
-from src.cells.classical import segment_classical, segment_nuclei
-from src.cells.hpacellseg_backend import INSTALL_HINT, check_weights
-from src.cells.quality import f1_score, match_instances
-from src.cells.segment import get_segmenter, segment_image
+from src.cell_masks.classical import segment_classical, segment_nuclei
+from src.cell_masks.hpacellseg_backend import INSTALL_HINT, check_weights
+from src.cell_masks.quality import f1_score, match_instances
+from src.cell_masks.segment import get_segmenter, segment_image
 from src.data.io import read_rgby
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Nucleus and cell instance masks: segmentation backends, the mask cache and agreement measures."""
 
-from src.cells.cache import MaskCache, fill_mask_cache
-from src.cells.segment import BACKENDS, get_segmenter, segment_image
+from src.cell_masks.cache import MaskCache, fill_mask_cache
+from src.cell_masks.segment import BACKENDS, get_segmenter, segment_image
 
 __all__ = ["BACKENDS", "MaskCache", "fill_mask_cache", "get_segmenter", "segment_image"]

@@ -10,8 +10,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from src.cam.cell_scores import CELL_LOGIT, IMAGE_PROB, cell_logit_scores, image_prob_scores, score_cells
-from src.cells.cache import mask_path, read_masks
+from src.cell_masks.cache import mask_path, read_masks
+from src.scoring.cell_scores import CELL_LOGIT, IMAGE_PROB, cell_logit_scores, image_prob_scores, score_cells
 from src.submission.codec import cell_mask_predictions
 
 

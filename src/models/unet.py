@@ -1,4 +1,4 @@
-"""Stage-2 network and loss: a segmentation-models-pytorch U-Net over any timm encoder, per-pixel sigmoid focal.
+"""Stage-2 network: a segmentation-models-pytorch U-Net over any timm encoder, per-pixel sigmoid focal.
 
 The network maps normalised (N, C, H, W) images to ``logits`` (N, 20, H, W): the 19 classes and
 the background channel. :func:`segmentation_maps` turns them into per-class maps that the per-cell
@@ -16,10 +16,8 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from src.data.classes import NUM_CLASSES
-from src.models.factory import check_model_name, load_backbone_weights
-from src.models.losses import LOSS_NAMES, sigmoid_focal_loss
-from src.segmentation.targets import BACKGROUND, NUM_SEGM_CHANNELS
+from src.data.classes import BACKGROUND, NUM_CLASSES, NUM_SEGM_CHANNELS
+from src.models.backbone import check_model_name, load_backbone_weights
 
 logger = logging.getLogger(__name__)
 
@@ -121,28 +119,3 @@ def segmentation_maps(logits: torch.Tensor) -> torch.Tensor:
     """
     probs = torch.sigmoid(logits.float())
     return (probs[:, :NUM_CLASSES] - probs[:, BACKGROUND : BACKGROUND + 1]).clamp_(min=0.0)
-
-
-class SegmentationLoss(nn.Module):
-    """Per-pixel loss over the 20 channels: sigmoid focal (gamma 2) or BCE.
-
-    ``forward(outputs, batch)`` takes ``outputs['logits']`` (N, 20, H, W) and ``batch['target']``
-    (N, 20, H, W) in {0, 1}; it returns ``{'loss'}``.
-    """
-
-    def __init__(self, loss_name: str = "focal", gamma: float = 2.0):
-        super().__init__()
-        if loss_name not in LOSS_NAMES:
-            raise ValueError(f"loss must be one of {LOSS_NAMES}, got {loss_name!r}")
-        self.loss_name = loss_name
-        self.gamma = gamma
-
-    def forward(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        logits, target = outputs["logits"].float(), batch["target"].float()
-        if logits.shape != target.shape:
-            raise ValueError(f"segmentation logits {tuple(logits.shape)} and target {tuple(target.shape)} differ")
-        if self.loss_name == "focal":
-            loss = sigmoid_focal_loss(logits, target, self.gamma)
-        else:
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, target)
-        return {"loss": loss}

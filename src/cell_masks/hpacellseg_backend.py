@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from src.cells.classical import relabel_consistent
+from src.cell_masks.classical import relabel_consistent
 
 logger = logging.getLogger(__name__)
 
