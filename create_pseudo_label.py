@@ -12,6 +12,7 @@ import argparse
 
 import numpy as np
 
+from src.data.classes import NUM_CLASSES
 from src.data.io import parse_label
 from src.sccam.feature_files import load_features
 from src.sccam.sub_labels import cluster_sub_labels, write_sub_label_table
@@ -55,7 +56,7 @@ def main(args: argparse.Namespace) -> None:
         features_from=meta.get("checkpoint"),
     )
     used = np.unique(np.concatenate([np.asarray(s) for s in sub_labels]))
-    print(f"{len(table)} images, {len(used)} of {19 * args.k_cluster} sub-categories used -> {path}")
+    print(f"{len(table)} images, {len(used)} of {NUM_CLASSES * args.k_cluster} sub-categories used -> {path}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from src.cell_masks.cache import MaskCacheMismatchError, fill_mask_cache
 from src.cell_masks.classical import ClassicalParams
 from src.cell_masks.segment import BACKENDS
@@ -99,8 +101,6 @@ def _has_label(csv_path: Path) -> bool:
 
 
 def _read_ids(csv_path: Path) -> list[str]:
-    import pandas as pd
-
     frame = pd.read_csv(csv_path, dtype=str)
     if "ID" not in frame.columns:
         raise SystemExit(f"{csv_path}: no ID column (has {list(frame.columns)})")

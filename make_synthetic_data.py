@@ -18,7 +18,7 @@ from pathlib import Path
 from src.synthetic import SyntheticConfig, write_dataset
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = SyntheticConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = parser.add_argument_group("output")
@@ -55,7 +55,7 @@ def parse_args() -> argparse.Namespace:
         "--class_freq_power", type=float, default=defaults.class_freq_power,
         help="1 = real class frequencies, 0 = uniform classes",
     )  # fmt: skip
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -3,9 +3,9 @@
     python run_cam_infer.py --yaml_path src/config/kaggle_submission.yaml --sub_path submission.csv
     python run_cam_infer.py --yaml_path src/config/generate_pseudo_label.yaml --sub_path pseudo_label.csv
 
-Every key of the YAML file can be overridden, e.g. ``--conf_how max --tta_flips false``.
-Sharded runs (``--num_shards 4 --shard_index 0``) write ``{stem}.shard0-of-4.csv``;
-``--merge_shards 4`` joins them into ``--sub_path``.
+Every key of the YAML file can be overridden, e.g. ``--conf_how max --tta_flips false`` (the scoring keys of the
+YAML's ``scoring:`` block are given flat). Sharded runs (``--num_shards 4 --shard_index 0``) write
+``{stem}.shard0-of-4.csv``; ``--merge_shards 4`` joins them into ``--sub_path``.
 """
 
 from __future__ import annotations
@@ -14,26 +14,25 @@ import argparse
 import logging
 import sys
 
-from src.cam.pipeline import InferConfig, merge_shards, run_inference
-from src.config import resolve_config
+from src.cam.infer_config import InferConfig, add_infer_options, resolve_infer_config
+from src.cam.pipeline import run_inference
+from src.submission.shards import merge_shards
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, InferConfig | None]:
-    argv = sys.argv[1:] if argv is None else argv
-    base = argparse.ArgumentParser(add_help=False)
-    base.add_argument("--yaml_path", default="src/config/kaggle_submission.yaml", help="inference config")
-    base.add_argument("--sub_path", required=True, help="submission CSV to write")
-    base.add_argument(
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--yaml_path", default="src/config/kaggle_submission.yaml", help="inference config")
+    parser.add_argument("--sub_path", help="submission CSV to write (required)")
+    parser.add_argument(
         "--merge_shards", type=int, default=0, metavar="N", help="join N shard CSVs into --sub_path and stop"
     )
-    known, _ = base.parse_known_args(argv)
-    parser = argparse.ArgumentParser(
-        description=__doc__, parents=[base], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    args, config = resolve_config(known.yaml_path, parser, argv)
+    add_infer_options(parser)
+    args = parser.parse_args(argv)
+    if not args.sub_path:
+        parser.error("--sub_path is required: the submission CSV to write")
     if args.merge_shards:
         return args, None
-    return args, InferConfig.from_dict(config, known.yaml_path)
+    return args, resolve_infer_config(args.yaml_path, args)
 
 
 def main(args: argparse.Namespace, settings: InferConfig | None) -> int:

@@ -23,12 +23,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from src.cam.infer_config import InferConfig  # noqa: E402
 from src.cam.map_source import CheckpointSpec  # noqa: E402
-from src.cam.pipeline import InferConfig, resolve_device, run_inference, split_image_ids  # noqa: E402
+from src.cam.pipeline import resolve_device, run_inference  # noqa: E402
 from src.cam.sources import load_sources  # noqa: E402
 from src.cell_masks.cache import fill_mask_cache  # noqa: E402
 from src.config import CONFIG_DIR, load_yaml  # noqa: E402
 from src.data.io import read_rgby, resize_image  # noqa: E402
+from src.data.splits import split_image_ids  # noqa: E402
 from src.synthetic import SyntheticConfig, write_dataset  # noqa: E402
 from src.training.lit_model import LitModel  # noqa: E402
 
@@ -110,7 +112,7 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit(f"{len(report.failed)} image(s) failed: {report.failed}")
     model = model_seconds(settings, ids, resolve_device(args.device))
     n = len(ids)
-    print(f"{n} images of {args.size} px, conf_how {settings.conf_how}, checkpoint {args.ckpt}, flips {settings.tta_flips}, "
+    print(f"{n} images of {args.size} px, conf_how {settings.scoring.conf_how}, checkpoint {args.ckpt}, flips {settings.tta_flips}, "
           f"scales {settings.tta_scales}, batch {args.batch_size}, {args.num_workers} workers, {torch.get_num_threads()} threads")  # fmt: skip
     print(f"whole stage (cached masks): {stage / n:.3f} s/image")
     print(f"model alone:                {model / n:.3f} s/image")

@@ -8,12 +8,14 @@ import torch
 import yaml
 
 from src.cam.classifier_source import ClassifierSource
+from src.cam.infer_config import InferConfig
 from src.cam.map_source import CheckpointSpec, normalise_per_class
-from src.cam.pipeline import InferConfig, merge_shards, output_path, run_inference
+from src.cam.pipeline import run_inference
 from src.cam.sources import join_sources
 from src.cell_masks.cache import mask_path, read_masks
 from src.config import CONFIG_DIR, load_yaml
 from src.submission.codec import decode_binary_mask, parse_prediction_string, read_submission
+from src.submission.shards import merge_shards, output_path
 from tests.conftest import run_script
 
 

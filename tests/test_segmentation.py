@@ -8,8 +8,9 @@ import torch
 import create_segm_labels
 import run_classification
 from src.cam.classifier_source import ClassifierSource
+from src.cam.infer_config import InferConfig
 from src.cam.map_source import CheckpointSpec
-from src.cam.pipeline import InferConfig, run_inference
+from src.cam.pipeline import run_inference
 from src.cam.segm_source import SegmentationSource
 from src.cam.sources import load_sources
 from src.cell_masks.cache import mask_path, read_masks

@@ -27,6 +27,8 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
+from src.data.io import longer_side_at_most
+
 logger = logging.getLogger(__name__)
 
 
@@ -138,7 +140,7 @@ def estimate_nucleus_diameter(
     """
     height, width = blue.shape
     factor = min(1.0, coarse_side / max(height, width))
-    coarse = _resize(blue, (max(1, round(height * factor)), max(1, round(width * factor))))
+    coarse = _resize(blue, longer_side_at_most(height, width, coarse_side))
     coarse = cv2.GaussianBlur(coarse, (0, 0), 1.0)
     if float(coarse.max()) - float(coarse.min()) < 0.05:
         return None
@@ -357,7 +359,7 @@ def _working_blue(blue: np.ndarray, params: ClassicalParams) -> tuple[np.ndarray
     height, width = blue.shape
     # Shrink first (area average), then normalise: percentiles on the small copy are cheap.
     coarse_factor = min(1.0, 1024 / max(height, width))
-    coarse_shape = (max(1, round(height * coarse_factor)), max(1, round(width * coarse_factor)))
+    coarse_shape = longer_side_at_most(height, width, 1024)
     blue_coarse = _normalise(_resize(blue, coarse_shape))
     diameter = params.nucleus_diameter
     if diameter is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -46,26 +47,38 @@ def _parse_like(default: Any, key: str):
     return parse
 
 
-def add_yaml_overrides(parser: argparse.ArgumentParser, config: dict[str, Any]) -> None:
-    """Add one ``--key VALUE`` option per top-level YAML key (values parsed as YAML)."""
-    group = parser.add_argument_group("YAML overrides", "any key of the YAML file, value written as YAML")
-    for key, default in config.items():
-        group.add_argument(f"--{key}", type=_parse_like(default, key), default=None, metavar="VALUE")
+_TYPE_SAMPLES = {"str": "", "int": 0, "float": 0.0, "bool": False, "list": [], "dict": {}}
 
 
-def resolve_config(
-    yaml_path: str | os.PathLike, parser: argparse.ArgumentParser, argv: list[str] | None
-) -> tuple[argparse.Namespace, dict[str, Any]]:
-    """Parse ``argv`` with ``parser`` extended by the keys of ``yaml_path``.
+def add_dataclass_options(group: argparse._ArgumentGroup, config_class: type, skip: tuple[str, ...] = ()) -> None:
+    """One ``--key VALUE`` option per field of a config dataclass, its help the field's meaning and default.
 
-    Returns:
-        The parsed namespace and the YAML config with command-line overrides applied.
+    Values are read as YAML and checked against the field's type; an option not given is None (the YAML file or
+    the dataclass default then decides).
     """
-    config = load_yaml(yaml_path)
-    add_yaml_overrides(parser, config)
-    args = parser.parse_args(argv)
-    for key in config:
-        value = getattr(args, key)
-        if value is not None:
-            config[key] = value
-    return args, config
+    for spec in dataclasses.fields(config_class):
+        if spec.name in skip:
+            continue
+        if spec.default is not dataclasses.MISSING:
+            default = spec.default
+            shown = f"default: {default!r}"
+        elif spec.default_factory is not dataclasses.MISSING:
+            default = spec.default_factory()
+            shown = f"default: {default!r}"
+        else:
+            default = _TYPE_SAMPLES.get(str(spec.type))
+            shown = "required"
+        meaning = spec.metadata.get("help", "")
+        group.add_argument(
+            f"--{spec.name}",
+            type=_parse_like(default, spec.name),
+            default=None,
+            metavar="VALUE",
+            help=f"{meaning} ({shown})" if meaning else f"({shown})",
+        )
+
+
+def given_options(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
+    """The options of :func:`add_dataclass_options` that the command line set."""
+    names = [spec.name for spec in dataclasses.fields(config_class)]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}

@@ -15,8 +15,11 @@ from src.data.io import labels_to_multihot
 
 logger = logging.getLogger(__name__)
 
+N_FOLDS = 5  # the training folds: run_classification.py --n_splits default
+FOLD_SEED = 0  # folds never depend on the training seed, so every stage sees the same validation fold
 
-def make_folds(frame: pd.DataFrame, n_splits: int = 5, seed: int = 0) -> np.ndarray:
+
+def make_folds(frame: pd.DataFrame, n_splits: int = N_FOLDS, seed: int = FOLD_SEED) -> np.ndarray:
     """Fold index (0..n_splits-1) of every row of a frame from ``read_labels``."""
     if len(frame) < n_splits:
         raise ValueError(f"{len(frame)} images cannot be split into {n_splits} folds")
@@ -28,7 +31,9 @@ def make_folds(frame: pd.DataFrame, n_splits: int = 5, seed: int = 0) -> np.ndar
     return folds
 
 
-def load_or_make_folds(frame: pd.DataFrame, cache_dir: str | os.PathLike, n_splits: int = 5, seed: int = 0) -> pd.DataFrame:
+def load_or_make_folds(
+    frame: pd.DataFrame, cache_dir: str | os.PathLike, n_splits: int = N_FOLDS, seed: int = FOLD_SEED
+) -> pd.DataFrame:
     """``frame`` with a ``fold`` column, read from ``{cache_dir}/folds_k{n}_seed{seed}.csv`` when it
     matches the frame's IDs, else computed and cached atomically."""
     cache = Path(cache_dir) / f"folds_k{n_splits}_seed{seed}.csv"

@@ -85,6 +85,14 @@ def read_rgby(
     return image
 
 
+def longer_side_at_most(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(h, w) of an image shrunk so that its longer side is at most ``max_side`` (never enlarged; 0: unchanged)."""
+    if max_side <= 0:
+        return height, width
+    factor = min(1.0, max_side / max(height, width))
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
 def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Resize an (H, W, C) image to (size, size) or (width, height): area when shrinking, linear when growing."""
     width, height = (size, size) if isinstance(size, int) else size

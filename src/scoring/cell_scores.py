@@ -13,7 +13,8 @@ the image's typical cell (:func:`cell_logit_scores`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -26,36 +27,44 @@ NEGATIVE_HOWS = ("inactive", "dark")
 CONF_HOW_CHOICES = (*CONF_HOWS, CELL_LOGIT, IMAGE_PROB)
 
 
+def _option(default: Any, meaning: str) -> Any:
+    """A config field with its default and its meaning (shown by ``run_cam_infer.py --help``)."""
+    return field(default=default, metadata={"help": meaning})
+
+
 @dataclass(frozen=True)
 class CellScoreConfig:
     """Thresholds of the per-cell scoring (defaults are the 15th-place solution's)."""
 
-    conf_how: str = "cam_rate_mean"
-    min_image_prob: float = 0.01  # classes below this image probability are not considered
-    cam_rate_thresh: float = 0.1  # keep a class when this fraction of the cell has CAM > 0 ...
-    cam_high_value: float = 0.75
-    cam_high_rate_thresh: float = 0.04  # ... or this fraction has CAM >= cam_high_value
-    min_green_mean: float = 1.0  # cells darker than this in the protein channel are Negative
-    min_cell_fraction: float = 0.0  # cells smaller than (side * fraction)^2 pixels are left out (reference: 0.01)
-    negative_scale: float = 0.75
+    conf_how: str = _option(
+        "cam_rate_mean",
+        "cell_logit | max | mean | cam_rate | cam_rate_mean (15th place) | image_prob (no map: the floor)",
+    )
+    min_image_prob: float = _option(0.01, "classes under this image probability are not considered")
+    cam_rate_thresh: float = _option(0.1, "keep a class when this fraction of the cell (or nucleus) has CAM > 0")
+    cam_high_value: float = _option(0.75, "the CAM value that counts as high activation")
+    cam_high_rate_thresh: float = _option(0.04, "... or keep it when this fraction has CAM >= cam_high_value")
+    min_green_mean: float = _option(1.0, "cells darker than this protein-channel mean are Negative")
+    min_cell_fraction: float = _option(0.0, "skip cells smaller than (score side x fraction)^2 (15th place: 0.01)")
+    negative_scale: float = _option(0.75, "inactive Negative: confidence scale of a cell with no kept class")
     # Negative (18): 'inactive' (15th place) only for cells with no kept class, from how little of the cell is
     # activated; 'dark' for every cell, from how dark its protein channel is: 1 - high(cell) / reference, where
     # high is the cell's dark_percentile of the protein channel (99.9: sparse dots such as centrosomes count)
     # and the reference the median high of the image's cells, but at least dark_reference_min (0..255 scale)
-    negative_how: str = "inactive"
-    dark_percentile: float = 99.9
-    dark_reference_min: float = 20.0
-    negative_from_prob: bool = False  # multiply the Negative confidence by p(18) (true labels in gen_pseudo)
+    negative_how: str = _option("inactive", "Negative (18): dark = every cell, from its protein darkness; inactive")
+    dark_percentile: float = _option(99.9, "a cell's brightness: this percentile of its protein channel")
+    dark_reference_min: float = _option(20.0, "darkness = 1 - brightness / max(median cell brightness, this)")
+    negative_from_prob: bool = _option(False, "multiply the Negative confidence by p(18)")
     # Also emit the classes a cell does not keep, at p x (score + inactive_floor): AP counts every
     # true cell that is never predicted as lost recall, so a low-ranked guess beats no guess.
-    keep_inactive: bool = False
-    inactive_floor: float = 1e-3
+    keep_inactive: bool = _option(False, "also emit unkept classes at p x (score + inactive_floor)")
+    inactive_floor: float = _option(1e-3, "added to the score of unkept classes (keep_inactive)")
     # confidence = p x ((1 - cam_weight) + cam_weight x activation); 1 is the 15th place's p x activation
-    cam_weight: float = 1.0
+    cam_weight: float = _option(1.0, "confidence = p x ((1 - cam_weight) + cam_weight x activation)")
     # cell_logit: confidence = p x sigmoid(logit_slope x (z - median z of the image's cells + logit_margin)),
     # z the mean of the class's logit map inside the cell (log-odds units)
-    logit_slope: float = 1.0
-    logit_margin: float = 4.0
+    logit_slope: float = _option(1.0, "cell_logit: confidence = p x sigmoid(slope x (z - median z + margin))")
+    logit_margin: float = _option(4.0, "cell_logit: the margin above (log-odds units)")
 
     def __post_init__(self) -> None:
         if self.conf_how not in CONF_HOW_CHOICES:

@@ -1,6 +1,8 @@
-"""Scoring one image in a worker process: per-cell confidences, RLE-encoded at full size.
+"""Scoring one image: per-cell confidences from its maps and masks, RLE-encoded at full size.
 
-Kept free of torch so the spawned scoring processes start in about a second.
+:func:`score_image_cells` is the one per-image scoring of the toolkit (CAM inference and the stage-2 validation
+both call it); :func:`score_image` is its worker-process form for CAM inference. Kept free of torch so the
+spawned scoring processes start in about a second.
 """
 
 from __future__ import annotations
@@ -10,8 +12,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from src.cell_masks.cache import mask_path, read_masks
-from src.scoring.cell_scores import CELL_LOGIT, IMAGE_PROB, cell_logit_scores, image_prob_scores, score_cells
+from src.scoring.cell_scores import (
+    CELL_LOGIT,
+    IMAGE_PROB,
+    CellScoreConfig,
+    cell_logit_scores,
+    image_prob_scores,
+    score_cells,
+)
 from src.submission.codec import cell_mask_predictions
 
 
@@ -20,30 +28,48 @@ def init_scorer() -> None:
     cv2.setNumThreads(1)
 
 
-def score_image(job: dict[str, Any]) -> dict[str, Any]:
-    """Worker: per-cell scores of one image, RLE-encoded at full size -> a submission row."""
-    nuclei_mask, cell_mask = read_masks(mask_path(job["mask_dir"], job["id"]))
-    if cell_mask.shape != (job["height"], job["width"]):
-        raise ValueError(
-            f"image {job['id']}: cached masks are {cell_mask.shape}, image is {(job['height'], job['width'])}"
-        )
-    green = job["green"]
+def score_image_cells(
+    probs: np.ndarray,
+    maps: np.ndarray | None,
+    nuclei_mask: np.ndarray,
+    cell_mask: np.ndarray,
+    green: np.ndarray,
+    config: CellScoreConfig,
+) -> dict[int, dict[int, float]]:
+    """Per-cell confidences of one image, scored at the size of ``green``.
+
+    Args:
+        probs: (19,) image probabilities.
+        maps: (19, h', w') class maps at any size (bilinearly resized to the score size), or None for
+            ``conf_how`` 'image_prob'.
+        nuclei_mask, cell_mask: (H, W) uint16 instance masks at full size (nearest-neighbour shrunk).
+        green: (h, w) protein channel at the score size.
+        config: scoring settings; ``config.conf_how`` picks the branch.
+
+    Returns:
+        cell id -> class -> confidence.
+    """
     h, w = green.shape
     cell_small = cv2.resize(cell_mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    if config.conf_how == IMAGE_PROB:
+        return image_prob_scores(probs, cell_small, green, config)
     nuclei_small = cv2.resize(nuclei_mask, (w, h), interpolation=cv2.INTER_NEAREST)
-    probs = job["probs"]
-    if job["conf_how"] == IMAGE_PROB:
-        scores = image_prob_scores(probs, cell_small, green, job["score_config"])
-    else:
-        cams = job["cams"].astype(np.float32).transpose(1, 2, 0)  # (h, w, 19): cv2 resizes all maps at once
-        cams = cv2.resize(cams, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1).transpose(2, 0, 1)
-        if job["conf_how"] == CELL_LOGIT:
-            scores = cell_logit_scores(probs, cams, cell_small, green, job["score_config"])
-        else:
-            scores = score_cells(probs, cams, cell_small, nuclei_small, green, job["score_config"])
+    cams = maps.astype(np.float32).transpose(1, 2, 0)  # (h', w', 19): cv2 resizes all maps at once
+    cams = cv2.resize(cams, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1).transpose(2, 0, 1)
+    if config.conf_how == CELL_LOGIT:
+        return cell_logit_scores(probs, cams, cell_small, green, config)
+    return score_cells(probs, cams, cell_small, nuclei_small, green, config)
+
+
+def score_image(job: dict[str, Any]) -> dict[str, Any]:
+    """Worker: a submission row of one image from its job (``id``, ``height``, ``width``, ``probs``, ``cams``,
+    ``nuclei_mask``, ``cell_mask``, ``green``, ``score_config``)."""
+    scores = score_image_cells(
+        job["probs"], job["cams"], job["nuclei_mask"], job["cell_mask"], job["green"], job["score_config"]
+    )
     return {
         "ID": job["id"],
         "ImageWidth": job["width"],
         "ImageHeight": job["height"],
-        "PredictionString": cell_mask_predictions(cell_mask, scores),
+        "PredictionString": cell_mask_predictions(job["cell_mask"], scores),
     }

@@ -25,6 +25,7 @@ import pandas as pd
 
 from src.data.atomic import atomic_path
 from src.data.classes import BACKGROUND, NEGATIVE, NUM_CLASSES, NUM_SEGM_CHANNELS
+from src.data.io import longer_side_at_most
 from src.submission.codec import decode_binary_mask, parse_prediction_string
 
 logger = logging.getLogger(__name__)
@@ -55,14 +56,6 @@ def check_segm_thresh(thresh: float) -> None:
     """Raise ValueError unless 0 < thresh < 1 (the confidence a cell needs to join a class)."""
     if not 0.0 < float(thresh) < 1.0:
         raise ValueError(f"--segm_thresh must lie in (0, 1), got {thresh}")
-
-
-def scaled_shape(height: int, width: int, max_side: int) -> tuple[int, int]:
-    """(h, w) with the longer side at most ``max_side`` (0: unchanged)."""
-    if max_side <= 0 or max(height, width) <= max_side:
-        return height, width
-    factor = max_side / max(height, width)
-    return max(1, round(height * factor)), max(1, round(width * factor))
 
 
 def pseudo_labels_from_prediction_string(
@@ -103,7 +96,7 @@ def pseudo_labels_from_prediction_string(
     rows = np.array([cell_index[p.rle] - 1 for p in predictions])
     classes = np.array([p.class_id for p in predictions])
     np.maximum.at(confidences, (rows, classes), np.array([p.confidence for p in predictions], dtype=np.float32))
-    h, w = scaled_shape(height, width, max_side)
+    h, w = longer_side_at_most(height, width, max_side)
     if (h, w) != (height, width):
         cell_mask = cv2.resize(cell_mask, (w, h), interpolation=cv2.INTER_NEAREST)
     return CellPseudoLabels(cell_mask, confidences)

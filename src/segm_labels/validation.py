@@ -2,8 +2,8 @@
 
 Cells are the truth cells (so the score measures class assignment, not cell segmentation) and
 the image probabilities are the images' true labels (as for pseudo labels): every truth cell is
-scored from the maps with the per-cell scoring of CAM inference, and the rows are matched by the
-competition evaluator.
+scored from the maps with the per-image scoring of CAM inference
+(:func:`src.scoring.score_job.score_image_cells`), and the rows are matched by the competition evaluator.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
 from src.data.classes import NUM_CLASSES
+from src.data.io import longer_side_at_most
 from src.metrics import evaluate_submission, load_truth
-from src.scoring.cell_scores import CellScoreConfig, score_cells
+from src.scoring.cell_scores import CellScoreConfig
+from src.scoring.score_job import score_image_cells
 from src.submission.codec import SUBMISSION_COLUMNS, cell_mask_predictions
 
 logger = logging.getLogger(__name__)
@@ -56,17 +56,12 @@ def truth_cell_map(
         cell_mask = truth.read_cell_mask(image_id)
         nuclei_path = truth.truth_dir / "nuclei_masks" / f"{image_id}.png"
         nuclei_mask = cv2.imread(str(nuclei_path), cv2.IMREAD_UNCHANGED)
-        if nuclei_mask is None:
-            nuclei_mask = np.zeros_like(cell_mask)
+        nuclei_mask = np.zeros_like(cell_mask) if nuclei_mask is None else nuclei_mask.astype(np.uint16)
         height, width = cell_mask.shape
-        factor = min(1.0, score_size / max(height, width))
-        h, w = max(1, round(height * factor)), max(1, round(width * factor))
-        cell_small = cv2.resize(cell_mask, (w, h), interpolation=cv2.INTER_NEAREST)
-        nuclei_small = cv2.resize(nuclei_mask.astype(np.uint16), (w, h), interpolation=cv2.INTER_NEAREST)
-        cams = F.interpolate(torch.from_numpy(image_maps[None].astype(np.float32)), size=(h, w), mode="bilinear")
+        green = np.zeros(longer_side_at_most(height, width, score_size), dtype=np.uint8)
         image_probs = np.zeros(NUM_CLASSES, dtype=np.float32)
         image_probs[list(truth.image_labels(image_id))] = 1.0
-        scores = score_cells(image_probs, cams[0].numpy(), cell_small, nuclei_small, np.zeros((h, w)), config)
+        scores = score_image_cells(image_probs, image_maps, nuclei_mask, cell_mask, green, config)
         rows.append((image_id, width, height, cell_mask_predictions(cell_mask, scores)))
     submission = pd.DataFrame(rows, columns=SUBMISSION_COLUMNS)
     return evaluate_submission(submission, truth, list(image_ids)).mAP

@@ -180,6 +180,12 @@ def write_dataset(
         out_dir,
         workers,
     )
+    _write_tables(out_dir, ids, _generate_images(tasks, workers), size)
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+
+
+def _generate_images(tasks: list[tuple], workers: int) -> list[tuple[str, str, list]]:
+    """Run :func:`_write_image` over the tasks (in ``workers`` spawned processes) with a progress bar."""
     progress = tqdm(total=len(tasks), desc="synthetic images", unit="img", disable=None)
     results = []
     if workers == 1:
@@ -192,7 +198,12 @@ def write_dataset(
                 results.append(result)
                 progress.update()
     progress.close()
+    return results
 
+
+def _write_tables(out_dir: Path, ids: dict[str, list[str]], results: list[tuple[str, str, list]], size: int) -> None:
+    """``truth/cell_labels.csv``, ``train.csv`` (each image's label = the union of its cells') and
+    ``sample_submission.csv``, atomically."""
     by_id = {name: (split, rows) for split, name, rows in results}
     cell_rows = [(name, cell_id, label) for split in SPLITS for name in ids[split] for cell_id, label in by_id[name][1]]
     write_csv_atomic(out_dir / "truth" / "cell_labels.csv", pd.DataFrame(cell_rows, columns=["ID", "cell_id", "Label"]))
@@ -202,7 +213,6 @@ def write_dataset(
     ]
     write_csv_atomic(out_dir / "train.csv", pd.DataFrame(train_labels, columns=["ID", "Label"]))
     submission = pd.DataFrame(
-        {"ID": ids["test"], "ImageWidth": size, "ImageHeight": size, "PredictionString": [""] * num_test}
+        {"ID": ids["test"], "ImageWidth": size, "ImageHeight": size, "PredictionString": [""] * len(ids["test"])}
     )
     write_csv_atomic(out_dir / "sample_submission.csv", submission)
-    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")

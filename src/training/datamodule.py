@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from src.data.atomic import atomic_path
-from src.data.folds import load_or_make_folds
+from src.data.folds import N_FOLDS, load_or_make_folds
 from src.data.io import labels_to_multihot, parse_label, read_labels, read_rgby
 from src.training.augment import build_transforms
 
@@ -180,7 +180,8 @@ class HPADataModule(pl.LightningDataModule):
     Args:
         data_dir: folder with ``train.csv`` and ``train/{ID}_{red,green,blue,yellow}.png``.
         val_fold: validation fold (0..n_splits-1).
-        n_splits: number of folds (cached as ``{data_dir}/folds_k{n}_seed0.csv``).
+        n_splits: number of folds (seed :data:`src.data.folds.FOLD_SEED`, cached as
+            ``{data_dir}/folds_k{n}_seed0.csv``).
         input_size: side of the image the network sees at validation and inference.
         crop_size: 0, or the side of random training crops of the input_size image.
         cache_size: side of the resized cache; 0 reads the originals every time.
@@ -199,7 +200,7 @@ class HPADataModule(pl.LightningDataModule):
         self,
         data_dir: str | os.PathLike,
         val_fold: int = 0,
-        n_splits: int = 5,
+        n_splits: int = N_FOLDS,
         input_size: int = 512,
         crop_size: int = 0,
         cache_size: int | None = None,
@@ -216,7 +217,6 @@ class HPADataModule(pl.LightningDataModule):
         sub_labels: Mapping[str, list[int]] | None = None,
         num_sub_classes: int = 0,
         mask_reader: Callable[[str, tuple[int, int]], np.ndarray] | None = None,
-        seed: int = 0,
     ):
         super().__init__()
         self.data_dir = Path(data_dir)
@@ -238,7 +238,6 @@ class HPADataModule(pl.LightningDataModule):
         self.aug_mode, self.in_chans = aug_mode, in_chans
         self.num_sub_classes = num_sub_classes
         self.mask_reader = mask_reader
-        self.seed = seed
         self.frame = self._image_table(use_ext_data, ext_data_csv, ext_data_dir, ext_data_mode)
         self.sub_targets = None
         if sub_labels is not None:
@@ -248,7 +247,7 @@ class HPADataModule(pl.LightningDataModule):
 
     def _image_table(self, use_ext_data: bool, ext_csv, ext_dir, ext_mode: int) -> pd.DataFrame:
         labels = read_labels(self.data_dir / "train.csv")
-        frame = load_or_make_folds(labels[["ID", "labels"]], self.data_dir, self.n_splits, seed=0)
+        frame = load_or_make_folds(labels[["ID", "labels"]], self.data_dir, self.n_splits)
         frame = frame.assign(data_dir=str(self.data_dir), split="train", ext="png")
         if use_ext_data:
             if ext_csv is None:
