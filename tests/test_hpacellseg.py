@@ -30,6 +30,7 @@ from skimage import transform
 from src.cell_masks.cache import fill_mask_cache, mask_path, read_masks
 from src.cell_masks.hpacellseg_backend import (
     TRUST_NOTE,
+    HpaCellSegSegmenter,
     _adapt_rescale,
     build_dpn_unet,
     check_device,
@@ -233,6 +234,19 @@ def test_hpacellseg_fills_the_cache_for_a_non_square_real_crop(dpn_unet_files, t
     assert (report.computed, report.cached) == (0, 1)
 
 
+def test_bad_weight_file_fails_every_image_naming_it_without_reloading(vendor_on_path, tmp_path, monkeypatch) -> None:
+    nuclei, cell = tmp_path / "nuclei.pth", tmp_path / "cell.pth"
+    nuclei.write_bytes(b"<html>not found</html>")
+    cell.write_bytes(b"<html>not found</html>")
+    segmenter = HpaCellSegSegmenter(nuclei, cell)
+    loads, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda path, **kwargs: loads.append(path) or real_load(path, **kwargs))
+    for _ in range(2):
+        with pytest.raises(ValueError, match=f"--nuclei_model {nuclei.resolve()}: not a torch file"):
+            segmenter(np.zeros((64, 64, 4), np.uint8), "x")
+    assert loads == [str(nuclei.resolve())]
+
+
 @pytest.mark.slow
 def test_make_cell_masks_hpacellseg_on_a_whole_real_image(vendor_env, dpn_unet_files, tmp_path) -> None:
     shape = write_real_image(tmp_path / "data" / "test", HPA_ID, slice(None), slice(None))
@@ -329,4 +343,4 @@ def test_readme_pip_recipe_installs_both_packages(vendor_roots, tmp_path) -> Non
     env = {**os.environ, "PYTHONPATH": str(target)}
     result = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.strip() == "0.1.8"
+    assert result.stdout.split()[-1] == "0.1.8"  # after pytorch_zoo's own "please compile abn"

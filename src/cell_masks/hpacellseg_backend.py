@@ -343,8 +343,19 @@ class HpaCellSegSegmenter:
         self.device = device
         self._segmentator = None
         self._label_cell = None
+        self._load_error: Exception | None = None
 
     def _load(self) -> None:
+        """Load both networks once; a failure is kept and raised again for every later image."""
+        if self._load_error is not None:
+            raise self._load_error
+        try:
+            self._load_networks()
+        except (ImportError, ValueError) as error:
+            self._load_error = error
+            raise
+
+    def _load_networks(self) -> None:
         cell_segmentator, label_cell = import_hpacellseg()
         nuclei_net = load_network(self.params["nuclei_model"], "--nuclei_model", self.device)
         cell_net = load_network(self.params["cell_model"], "--cell_model", self.device)
