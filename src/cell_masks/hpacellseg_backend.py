@@ -379,6 +379,7 @@ class HpaCellSegSegmenter:
             # hpacellseg 0.1.8 calls scikit-image functions by deprecated argument names on every image.
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", "Only one label was provided", UserWarning)
             nuclei_pred = _fit(self._segmentator.pred_nuclei([blue])[0], height, width, image_id)
             cell_pred = _fit(self._segmentator.pred_cells([[red], [yellow], [blue]])[0], height, width, image_id)
             nuclei_mask, cell_mask = self._label_cell(nuclei_pred, cell_pred)
