@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -135,6 +136,28 @@ def test_rescale_adapter_accepts_hpacellseg_multichannel_argument() -> None:
     assert module.transform.resize is transform.resize, "other functions pass through"
     _adapt_rescale(module)  # idempotent
     assert module.transform.rescale(image[..., 0], 0.5).shape == (20, 30)
+
+
+def test_import_roots_from_a_zip_archive_and_an_unpacked_folder(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "HPA-Cell-Segmentation-master.zip", "w") as archive:
+        archive.writestr("HPA-Cell-Segmentation-master/hpacellseg/cellsegmentator.py", "")
+    (tmp_path / "kaggle" / "pytorch_zoo-master" / "pytorch_zoo").mkdir(parents=True)
+    (tmp_path / "kaggle" / "pytorch_zoo-master" / "pytorch_zoo" / "unet.py").write_text("")
+    sources = [tmp_path / "HPA-Cell-Segmentation-master.zip", tmp_path / "kaggle"]
+    roots = find_import_roots(sources, tmp_path / "vendor")
+    assert roots == [
+        tmp_path / "vendor" / "HPA-Cell-Segmentation-master" / "HPA-Cell-Segmentation-master",
+        tmp_path / "kaggle" / "pytorch_zoo-master",
+    ]
+    assert find_import_roots(sources, tmp_path / "vendor") == roots, "a finished extraction is reused"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty holds neither hpacellseg nor pytorch_zoo"):
+        find_import_roots([tmp_path / "empty"], tmp_path / "vendor")
+    (tmp_path / "weights.pth").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="weights.pth is neither a folder nor a .tar.gz/.zip archive"):
+        find_import_roots([tmp_path / "weights.pth"], tmp_path / "vendor")
+    with pytest.raises(FileNotFoundError, match="missing.tar.gz not found"):
+        find_import_roots([tmp_path / "missing.tar.gz"], tmp_path / "vendor")
 
 
 # ---- the real package from ../shared/vendor ----

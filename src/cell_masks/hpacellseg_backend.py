@@ -125,11 +125,11 @@ def add_import_roots(sources: Sequence[str | os.PathLike], extract_dir: str | os
 def find_import_roots(sources: Sequence[str | os.PathLike], extract_dir: str | os.PathLike) -> list[Path]:
     """The folders to put on ``sys.path`` for the packages in ``sources`` (see ``add_import_roots``)."""
     roots: list[Path] = []
-    for source in map(Path, sources):
+    for source in (Path(path).resolve() for path in sources):
         if source.is_dir():
             folder = source
         elif source.is_file():
-            folder = _extract(source, Path(extract_dir))
+            folder = _extract(source, Path(extract_dir).resolve())
         else:
             raise FileNotFoundError(f"hpacellseg sources: {source} not found")
         found = [
@@ -150,16 +150,17 @@ def _extract(archive: Path, extract_dir: Path) -> Path:
     done = target / ".extracted"
     if done.is_file():
         return target
-    shutil.rmtree(target, ignore_errors=True)
+    is_zip = zipfile.is_zipfile(archive)
+    if not is_zip and not tarfile.is_tarfile(archive):
+        raise FileNotFoundError(f"hpacellseg sources: {archive} is neither a folder nor a .tar.gz/.zip archive")
+    shutil.rmtree(target, ignore_errors=True)  # a partial extraction of an interrupted run
     target.mkdir(parents=True)
-    if zipfile.is_zipfile(archive):
+    if is_zip:
         with zipfile.ZipFile(archive) as handle:
             handle.extractall(target)
-    elif tarfile.is_tarfile(archive):
+    else:
         with tarfile.open(archive) as handle:
             handle.extractall(target, filter="data")
-    else:
-        raise FileNotFoundError(f"hpacellseg sources: {archive} is neither a folder nor a .tar.gz/.zip archive")
     done.touch()
     return target
 
