@@ -1,10 +1,12 @@
 """Tests of src/cell_masks/hpacellseg_backend.py: weight loading, and the real hpacellseg package end to end.
 
 The end-to-end tests take hpacellseg and pytorch_zoo from the source archives in ``../shared/vendor/``
-(extracted into a temporary folder and put on the PYTHONPATH of subprocesses, never installed into the
-test environment) and DPN-UNets of the real architecture with random weights, pickled as the published
-files are (``DataParallel(DPNUnet)``). Random weights give meaningless masks: these tests check the
-contract (shapes, dtype, nucleus k inside cell k, manifest, cache reuse), not the quality.
+(``HPA_SHARED_DIR`` overrides ``../shared``), extracted into a temporary folder and put on ``sys.path``
+for this module's in-process tests (forgotten afterwards) or on the PYTHONPATH of subprocesses: never
+installed into the test environment. The networks are DPN-UNets of the real architecture with random
+weights, pickled as the published files are (``DataParallel(DPNUnet)``). Random weights give meaningless
+masks: these tests check the contract (size, dtype, nucleus k inside cell k, manifest, cache reuse), not
+the quality. One non-square real crop runs by default; whole images and the CLIs run under ``-m slow``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def assert_mask_contract(nuclei_mask: np.ndarray, cell_mask: np.ndarray, shape: 
     assert np.array_equal(nuclei_mask[inside], cell_mask[inside]), "nucleus k must lie in cell k"
     ids = np.unique(cell_mask)
     assert np.array_equal(ids, np.arange(len(ids))), "cells are numbered 1..K"
+    assert np.array_equal(np.unique(nuclei_mask), ids), "every cell has its nucleus"
 
 
 def write_real_image(folder: Path, image_id: str, rows: slice, cols: slice) -> tuple[int, int]:
