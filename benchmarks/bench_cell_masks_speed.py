@@ -1,20 +1,32 @@
-"""Speed of the classical backend on real 2048x2048 HPA images, decode included.
+"""Speed of the mask backends on real 2048x2048 HPA images, decode included.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_cell_masks_speed.py --repeats 4
+    python benchmarks/bench_cell_masks_speed.py --backend hpacellseg --repeats 1
 
-Prints seconds per image on one core (OpenCV and BLAS limited to one thread) for decode,
+classical: seconds per image on one core (OpenCV and BLAS limited to one thread) for decode,
 segmentation and cache write, then the throughput of 1 and 2 worker processes over the
-same tasks. Other processes on the machine distort the figures: run it when it is quiet.
+same tasks.
+
+hpacellseg: seconds per image at scale 0.25 on --device (torch's default threads on the CPU)
+for the nuclei network, the cell network and hpacellseg's labelling. The package comes from
+the source archives in --vendor_dir (extracted into a temporary folder) and the networks are
+DPN-UNets of the published architecture with random weights, pickled as the published files
+are: the speed is that of the real networks, the masks are meaningless.
+
+Other processes on the machine distort the figures: run it when it is quiet.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import os
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -24,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.cell_masks.cache import write_masks  # noqa: E402
 from src.cell_masks.classical import segment_classical  # noqa: E402
+from src.cell_masks.hpacellseg_backend import HpaCellSegSegmenter, add_import_roots, build_dpn_unet  # noqa: E402
 from src.data.io import read_labels, read_rgby  # noqa: E402
 
 
@@ -31,7 +44,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hpa_dir", type=Path, default=Path("../shared/data/hpa_kaggle_samples"))
     parser.add_argument("--repeats", type=int, default=4, help="passes over the 3 images")
-    parser.add_argument("--max_workers", type=int, default=2)
+    parser.add_argument("--max_workers", type=int, default=2, help="classical: largest worker count timed")
+    parser.add_argument("--backend", default="classical", choices=("classical", "hpacellseg"))
+    parser.add_argument(
+        "--vendor_dir", type=Path, default=Path("../shared/vendor"), help="hpacellseg: folder of the two archives"
+    )
+    parser.add_argument("--device", default="cpu", help="hpacellseg: torch device")
     return parser.parse_args()
 
 
@@ -47,6 +65,13 @@ def main(args: argparse.Namespace) -> None:
     if not (args.hpa_dir / "train.csv").is_file():
         raise SystemExit(f"HPA samples not found in {args.hpa_dir}")
     hpa_ids = read_labels(args.hpa_dir / "train.csv")["ID"].tolist()
+    if args.backend == "hpacellseg":
+        bench_hpacellseg(args, hpa_ids)
+    else:
+        bench_classical(args, hpa_ids)
+
+
+def bench_classical(args: argparse.Namespace, hpa_ids: list[str]) -> None:
     cv2.setNumThreads(1)
     one_image(str(args.hpa_dir), hpa_ids[0])  # warm-up (imports, caches)
     decode, segment, write = [], [], []
@@ -81,6 +106,59 @@ def main(args: argparse.Namespace) -> None:
         print(f"  {workers} worker(s): {throughput[workers]:.2f} images/s ({elapsed:.1f} s for {len(tasks)} images)")
     if len(throughput) > 1:
         print(f"  speed-up {args.max_workers} vs 1 worker: {throughput[args.max_workers] / throughput[1]:.2f}x")
+
+
+def timed(function: Callable, seconds: list[float]) -> Callable:
+    """``function`` that appends its run time to ``seconds``."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        seconds.append(time.perf_counter() - start)
+        return result
+
+    return wrapper
+
+
+def bench_hpacellseg(args: argparse.Namespace, hpa_ids: list[str]) -> None:
+    import torch
+
+    archives = [*sorted(args.vendor_dir.glob("hpacellseg-*.tar.gz")), *sorted(args.vendor_dir.glob("pytorch_zoo-*"))]
+    if len(archives) != 2:
+        raise SystemExit(f"{args.vendor_dir}: expected hpacellseg-*.tar.gz and pytorch_zoo-*.tar.gz")
+    with tempfile.TemporaryDirectory() as tmp:
+        add_import_roots(archives, Path(tmp) / "vendor")
+        weights = []
+        for seed, name in enumerate(("nuclei_model.pth", "cell_model.pth")):
+            torch.manual_seed(seed)
+            weights.append(Path(tmp) / name)
+            torch.save(torch.nn.DataParallel(build_dpn_unet()), weights[-1])
+        segmenter = HpaCellSegSegmenter(*weights, device=args.device, scale_factor=0.25)
+        start = time.perf_counter()
+        segmenter(read_rgby(args.hpa_dir, hpa_ids[0], split=""), hpa_ids[0])  # loads both networks, warms up
+        warm_up = time.perf_counter() - start
+        stages: dict[str, list[float]] = defaultdict(list)
+        network = segmenter._segmentator  # the benchmark times the package's own steps
+        network.pred_nuclei = timed(network.pred_nuclei, stages["nuclei network"])
+        network.pred_cells = timed(network.pred_cells, stages["cell network"])
+        segmenter._label_cell = timed(segmenter._label_cell, stages["label_cell"])
+        for _ in range(args.repeats):
+            for image_id in hpa_ids:
+                start = time.perf_counter()
+                rgby = read_rgby(args.hpa_dir, image_id, split="")
+                stages["decode"].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                segmenter(rgby, image_id)
+                stages["segment"].append(time.perf_counter() - start)
+    n = len(stages["segment"])
+    print(
+        f"hpacellseg, scale 0.25, device {args.device}, torch threads {torch.get_num_threads()}, "
+        f"{n} images of 2048x2048 (first call with loading and warm-up: {warm_up:.1f} s):"
+    )
+    for stage in ("nuclei network", "cell network", "label_cell", "segment", "decode"):
+        print(f"  {stage}: {sum(stages[stage]) / n:.2f} s/image")
+    print(f"  decode + segment: {(sum(stages['decode']) + sum(stages['segment'])) / n:.2f} s/image")
 
 
 if __name__ == "__main__":
