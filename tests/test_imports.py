@@ -6,6 +6,7 @@ Every import counts, at module level or inside a function, so a lazy import cann
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,7 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
     return found
 
 
+@cache
 def import_graph() -> dict[str, set[str]]:
     paths = sorted((ROOT / "src").rglob("*.py")) + sorted(ROOT.glob("*.py"))
     known = {module_name(p) for p in paths}
