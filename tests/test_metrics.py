@@ -333,3 +333,46 @@ def test_evaluate_cli_writes_json(tmp_path: Path) -> None:
     assert report["results"]["submission"]["mAP"] == pytest.approx((1 / 3 + 1 / 2 + 0) / 3)
     assert report["results"]["submission ceiling"]["mAP"] == pytest.approx((1 / 3 + 1 / 2 + 0) / 3)  # nothing to fix
     assert report["results"]["submission"]["per_class"]["18"]["num_truth"] == 1
+
+
+def test_imperfect_ranking_gives_the_hand_computed_interpolated_ap(tmp_path: Path) -> None:
+    # five 2-row cells: 1-4 of class 0, 5 of class 16. Class 0 ranked: cell 1 (TP), a stray mask (FP), cell 5
+    # (FP: it lacks class 0), cell 2 (TP), cell 3 (TP); cell 4 is never predicted.
+    # precision at the TPs: 1, 2/4, 3/5 -> made non-increasing: 1, 3/5, 3/5; recall steps of 1/4 each
+    mask = np.zeros((10, 10), np.uint16)
+    for cell in range(1, 6):
+        mask[2 * (cell - 1) : 2 * cell] = cell
+    truth = write_truth(tmp_path, {"a": mask}, {"a": {1: "0", 2: "0", 3: "0", 4: "0", 5: "16"}})
+    stray = np.zeros((10, 10), bool)
+    stray[0, 0] = True  # IoU 1/20 with cell 1: below 0.6
+    predictions = [(0, 0.9, mask == 1), (0, 0.8, stray), (0, 0.7, mask == 5), (0, 0.6, mask == 2), (0, 0.5, mask == 3)]
+    result = evaluate_submission(submission({"a": predictions}), truth)
+    assert result.per_class_ap[0] == pytest.approx(0.25 * (1 + 3 / 5 + 3 / 5))
+    assert result.per_class_ap[16] == 0.0  # its one cell is never predicted as 16
+    assert result.mAP == pytest.approx((0.55 + 0.0) / 2)
+    assert result.per_class_num_tp[0] == 3 and result.per_class_num_pred[0] == 5
+
+
+@pytest.mark.parametrize(("pixels", "demoted"), [(9, True), (8, False)])
+def test_ceiling_matches_a_predicted_mask_only_at_iou_0_5_or_more(tmp_path: Path, pixels: int, demoted: bool) -> None:
+    # img1 cell 1 (18 px, class 0 only); a class-16 prediction on 9 of its pixels has IoU 9/18 = 0.5: matched,
+    # and as cell 1 lacks class 16 it is demoted; on 8 pixels (IoU 0.44) it matches no cell and is kept
+    truth_dir, first, _ = heterogeneous_truth(tmp_path)
+    truth = load_truth(truth_dir, ["img1"])
+    part = np.zeros_like(first, bool)
+    part.ravel()[np.flatnonzero((first == 1).ravel())[:pixels]] = True
+    ceiling = within_image_ceiling(submission({"img1": [(16, 0.5, part)]}), truth, ["img1"], demote=0.1)
+    confidence = parse_prediction_string(ceiling["PredictionString"][0])[0].confidence
+    assert confidence == pytest.approx(0.05 if demoted else 0.5)
+
+
+def test_ceiling_matches_the_cell_of_highest_iou(tmp_path: Path) -> None:
+    # cell 1 plus a third of cell 2: IoU 18/24 with cell 1, 6/18 with cell 2 -> cell 1, which lacks 16
+    truth_dir, first, _ = heterogeneous_truth(tmp_path)
+    truth = load_truth(truth_dir, ["img1"])
+    wide = (first == 1) | ((first == 2) & (np.arange(9)[None, :] == 3))
+    ceiling = within_image_ceiling(submission({"img1": [(16, 0.5, wide), (0, 0.4, wide)]}), truth, ["img1"])
+    kept = parse_prediction_string(ceiling["PredictionString"][0])
+    assert [(p.class_id, p.confidence) for p in kept] == [(16, pytest.approx(0.5e-3)), (0, 0.4)]
+    with pytest.raises(ValueError, match="demote"):
+        within_image_ceiling(submission({"img1": [(16, 0.5, wide)]}), truth, ["img1"], demote=1.0)
