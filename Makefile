@@ -43,9 +43,12 @@ MUTATION_DIR ?= /tmp/hpa-mutation-$(USER)
 MUTATION_TARGETS ?= \
 	src/scoring/cell_scores.py=tests/test_cell_scores.py \
 	src/models/losses.py=tests/test_losses.py \
+	src/metrics/ceiling.py=$(MUTATION_METRIC_TESTS) \
 	src/cam/map_source.py=tests/test_map_source.py \
-	src/metrics/ceiling.py=tests/test_metrics.py \
-	src/metrics/cell_ap.py=tests/test_metrics.py
+	src/cam/classifier_source.py=tests/test_map_source.py \
+	src/metrics/cell_ap.py=$(MUTATION_METRIC_TESTS)
+# the metric's tests without the CLI subprocess and the two-process run (they add seconds per mutant, no kills)
+MUTATION_METRIC_TESTS := tests/test_metrics.py,--deselect,tests/test_metrics.py::test_evaluate_cli_writes_json,--deselect,tests/test_metrics.py::test_two_workers_give_the_same_result
 # Operators left out: type errors numpy raises at once (arithmetic <-> shifts, bitwise, power, modulo), identity
 # and membership comparisons, and the variable/exception/decorator rewrites.
 MUTATION_EXCLUDE := "core/ReplaceBinaryOperator_.*_(FloorDiv|Mod|Pow|LShift|RShift|BitXor)$$", \

@@ -7,6 +7,7 @@ from src.scoring.cell_scores import (
     cell_cam_stats,
     cell_logit_scores,
     cell_logits,
+    dark_negative,
     image_prob_scores,
     score_cells,
     segment_percentile,
@@ -549,3 +550,89 @@ def test_mismatched_shapes_are_refused_naming_the_shapes():
         cell_logit_scores(_probs(), np.zeros((NUM_CLASSES, 3, 9)), cell_mask, green)
     with pytest.raises(ValueError, match="shape mismatch"):
         image_prob_scores(_probs(), cell_mask, green[:2], CellScoreConfig())
+
+
+def test_defaults_are_the_documented_15th_place_values():
+    config = CellScoreConfig()
+    assert (config.conf_how, config.min_image_prob, config.cam_rate_thresh) == ("cam_rate_mean", 0.01, 0.1)
+    assert (config.cam_high_value, config.cam_high_rate_thresh, config.min_green_mean) == (0.75, 0.04, 1.0)
+    assert (config.min_cell_fraction, config.negative_scale, config.negative_how) == (0.0, 0.75, "inactive")
+    assert (config.dark_percentile, config.dark_reference_min, config.negative_from_prob) == (99.9, 20.0, False)
+    assert (config.keep_inactive, config.inactive_floor, config.cam_weight) == (False, 1e-3, 1.0)
+    assert (config.logit_slope, config.logit_margin) == (1.0, 4.0)
+
+
+def test_a_cell_exactly_at_min_green_mean_is_bright_in_every_scoring():
+    cell_mask, nuclei_mask, green = _three_green_cells(highs=(1, 50, 50))  # cell 1: mean exactly 1.0
+    cams = np.ones((NUM_CLASSES, 3, 4))
+    probs = _probs(c0=0.5)
+    assert 0 in score_cells(probs, cams, cell_mask, nuclei_mask, green, CellScoreConfig(conf_how="max"))[1]
+    assert 0 in cell_logit_scores(probs, cams, cell_mask, green, CellScoreConfig(conf_how="cell_logit"))[1]
+    dark = score_cells(probs, cams, cell_mask, nuclei_mask, green, CellScoreConfig(negative_how="dark"))
+    assert dark[1][NEGATIVE] == pytest.approx(1 - 1 / 50)  # the formula, not the dim-cell 1
+
+
+def test_one_pixel_cells_and_nuclei_get_their_own_statistics():
+    cell_mask = np.zeros((3, 4), np.uint16)
+    cell_mask[0, 0] = 1  # one pixel, its own one-pixel nucleus
+    cell_mask[2, :] = 2
+    nuclei_mask = np.zeros_like(cell_mask)
+    nuclei_mask[0, 0] = 1
+    nuclei_mask[2, 3] = 2  # cell 2: a one-pixel nucleus, activated alone
+    green = np.full(cell_mask.shape, 7, np.uint8)
+    cams = np.zeros((NUM_CLASSES, 3, 4))
+    cams[0, 0, 0] = 0.5
+    cams[1, 2, 3] = 0.5
+    stats = cell_cam_stats(cams, cell_mask, nuclei_mask, green)
+    assert stats.green_mean.tolist() == [7.0, 7.0] and stats.green_high.tolist() == [7.0, 7.0]
+    assert stats.cam_rate[:, :2].tolist() == [[1.0, 0.0], [0.0, 1.0]]  # cell 2: 1/4 of the cell, all of its nucleus
+    z = cell_logits(cams[:2], cell_mask.ravel().astype(np.int64), 3, np.array([1, 2]))
+    assert z.tolist() == [[0.5, 0.0], [0.0, 0.125]]
+
+
+def test_a_nucleus_id_above_every_cell_id_is_ignored():
+    cell_mask, nuclei_mask, green = _strip_cell()
+    nuclei_mask[2, 0:2] = 9  # a nucleus whose cell was not segmented
+    cams = np.zeros((NUM_CLASSES, 3, 10))
+    cams[0, 0] = _GRADED
+    stats = cell_cam_stats(cams, cell_mask, nuclei_mask, green)
+    assert list(stats.cell_ids) == [1] and stats.cam_rate[0, 0] == pytest.approx(0.4)
+
+
+def test_dark_negative_of_no_cells_is_empty():
+    assert dark_negative(_probs(), np.zeros(0), np.zeros(0), CellScoreConfig()).shape == (0,)
+
+
+def test_negative_logit_slope_is_refused():
+    with pytest.raises(ValueError, match="logit_slope"):
+        CellScoreConfig(logit_slope=-1.0)
+
+
+@pytest.mark.parametrize("wrong", ["cams", "nuclei", "green"])
+def test_inputs_larger_than_the_cell_mask_are_refused(wrong):
+    cell_mask, nuclei_mask, green = _strip_cell()
+    cams = np.zeros((NUM_CLASSES, 3, 10))
+    if wrong == "cams":
+        cams = np.zeros((NUM_CLASSES, 4, 10))
+    elif wrong == "nuclei":
+        nuclei_mask = np.zeros((2, 10), np.uint16)  # smaller: cell_mask.shape > nuclei_mask.shape
+    else:
+        green = np.zeros((4, 10), np.uint8)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        score_cells(_probs(), cams, cell_mask, nuclei_mask, green)
+
+
+def test_more_than_19_probabilities_or_maps_are_refused():
+    cell_mask, nuclei_mask, green = _strip_cell()
+    with pytest.raises(ValueError, match="expected"):
+        score_cells(np.zeros(20), np.zeros((NUM_CLASSES, 3, 10)), cell_mask, nuclei_mask, green)
+    with pytest.raises(ValueError, match="expected"):
+        score_cells(_probs(), np.zeros((20, 3, 10)), cell_mask, nuclei_mask, green)
+    with pytest.raises(ValueError, match="expected"):
+        cell_logit_scores(np.zeros(20), np.zeros((NUM_CLASSES, 3, 10)), cell_mask, green)
+    with pytest.raises(ValueError, match="expected"):
+        cell_logit_scores(np.zeros(18), np.zeros((NUM_CLASSES, 3, 10)), cell_mask, green)
+    with pytest.raises(ValueError, match="expected"):
+        cell_logit_scores(_probs(), np.zeros((20, 3, 10)), cell_mask, green)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        image_prob_scores(_probs(), cell_mask, np.zeros((4, 10)), CellScoreConfig())
