@@ -636,3 +636,16 @@ def test_more_than_19_probabilities_or_maps_are_refused():
         cell_logit_scores(_probs(), np.zeros((20, 3, 10)), cell_mask, green)
     with pytest.raises(ValueError, match="shape mismatch"):
         image_prob_scores(_probs(), cell_mask, np.zeros((4, 10)), CellScoreConfig())
+
+
+def test_segment_percentile_of_a_one_value_label_is_that_value_at_any_q():
+    labels, values = np.array([0, 1, 1]), np.array([5.0, 1.0, 2.0])
+    assert segment_percentile(labels, values, 2, 100.0).tolist() == [5.0, 2.0]
+    assert segment_percentile(labels, values, 2, 0.0).tolist() == [5.0, 1.0]
+
+
+def test_keep_inactive_with_mean_scoring_gives_a_class_without_activation_the_floor_not_nan():
+    cell_mask, nuclei_mask, green = _strip_cell()
+    config = CellScoreConfig(conf_how="mean", keep_inactive=True)
+    scores = score_cells(_probs(c0=0.8), np.zeros((NUM_CLASSES, 3, 10)), cell_mask, nuclei_mask, green, config)
+    assert scores[1] == {0: pytest.approx(0.8 * 1e-3), NEGATIVE: pytest.approx(0.75)}

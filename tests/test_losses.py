@@ -131,3 +131,10 @@ def test_segmentation_loss_refuses_mismatched_shapes_and_unknown_names():
         SegmentationLoss()({"logits": torch.zeros(1, 20, 2, 2)}, {"target": torch.zeros(1, 20, 2, 3)})
     with pytest.raises(ValueError, match="focal"):
         SegmentationLoss("dice")
+
+
+def test_classification_loss_defaults_are_focal_gamma_2_without_soft_f1_and_sub_weight_5():
+    outputs = {"logits": torch.tensor([[LN3]]), "sub_logits": torch.tensor([[0.0]])}
+    terms = ClassificationLoss()(outputs, {"target": torch.tensor([[1.0]]), "sub_target": torch.tensor([[1.0]])})
+    assert set(terms) == {"cls_loss", "sub_loss", "loss"}
+    assert terms["loss"].item() == pytest.approx(math.log(4 / 3) / 16 + 5.0 * LN2 / 4, rel=1e-5)
