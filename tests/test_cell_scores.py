@@ -649,3 +649,40 @@ def test_keep_inactive_with_mean_scoring_gives_a_class_without_activation_the_fl
     config = CellScoreConfig(conf_how="mean", keep_inactive=True)
     scores = score_cells(_probs(c0=0.8), np.zeros((NUM_CLASSES, 3, 10)), cell_mask, nuclei_mask, green, config)
     assert scores[1] == {0: pytest.approx(0.8 * 1e-3), NEGATIVE: pytest.approx(0.75)}
+
+
+def test_cell_logit_never_treats_negative_as_a_map_class():
+    # class 0 is flat over the three cells (factor sigmoid(4)); the Negative map is far higher in cell 1, which
+    # must not count as cell 1's best class
+    cell_mask, _, green = _three_green_cells(highs=(50, 50, 50))
+    maps = np.zeros((NUM_CLASSES, 3, 4))
+    maps[NEGATIVE, 0] = 100.0
+    scores = cell_logit_scores(_probs(c0=0.5, c18=0.9), maps, cell_mask, green, CellScoreConfig(conf_how="cell_logit"))
+    factor = 1 / (1 + np.exp(-4.0))
+    assert scores[1] == pytest.approx({0: 0.5 * factor, NEGATIVE: 0.75 * (1 - factor)})
+
+
+def test_cell_logit_min_image_prob_is_inclusive():
+    cell_mask, _, green = _three_green_cells(highs=(50, 50, 50))
+    maps = np.zeros((NUM_CLASSES, 3, 4))
+    scores = cell_logit_scores(_probs(c0=0.01, c1=0.0099), maps, cell_mask, green, CellScoreConfig("cell_logit"))
+    assert set(scores[1]) == {0, NEGATIVE}
+
+
+def test_score_config_is_immutable():
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CellScoreConfig().cam_weight = 0.5
+
+
+def test_maps_larger_or_fewer_than_expected_are_refused():
+    cell_mask, nuclei_mask, green = _strip_cell()
+    with pytest.raises(ValueError, match="shape mismatch"):
+        cell_logit_scores(_probs(), np.zeros((NUM_CLASSES, 4, 10)), cell_mask, green)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        score_cells(_probs(), np.zeros((NUM_CLASSES, 3, 10)), cell_mask, np.zeros((4, 10), np.uint16), green)
+    with pytest.raises(ValueError, match="expected"):
+        score_cells(_probs(), np.zeros((18, 3, 10)), cell_mask, nuclei_mask, green)
+    with pytest.raises(ValueError, match="expected"):
+        cell_logit_scores(_probs(), np.zeros((18, 3, 10)), cell_mask, green)

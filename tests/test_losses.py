@@ -28,6 +28,13 @@ def test_soft_f1_loss_is_one_minus_the_mean_of_per_class_soft_f1():
     assert soft_f1_loss(logits, targets).item() == pytest.approx(7 / 24, rel=1e-5)
 
 
+def test_soft_f1_sums_targets_over_the_batch_per_class():
+    # targets [[1, 1], [0, 1]]: class 0 2 x 0.75 / (1.25 + 1) = 2/3, class 1 2 x 1.0 / (1.0 + 2) = 2/3 -> loss 1/3
+    logits = torch.tensor([[LN3, -LN3], [0.0, LN3]], dtype=torch.float64)
+    targets = torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+    assert soft_f1_loss(logits, targets).item() == pytest.approx(1 / 3, rel=1e-5)
+
+
 def test_soft_f1_of_a_class_without_targets_or_probability_is_zero_not_nan():
     logits = torch.tensor([[-100.0, 0.0]], dtype=torch.float64)
     targets = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
@@ -129,6 +136,8 @@ def test_segmentation_loss_per_pixel_by_hand(loss_name, expected):
 def test_segmentation_loss_refuses_mismatched_shapes_and_unknown_names():
     with pytest.raises(ValueError, match="differ"):
         SegmentationLoss()({"logits": torch.zeros(1, 20, 2, 2)}, {"target": torch.zeros(1, 20, 2, 3)})
+    with pytest.raises(ValueError, match="differ"):
+        SegmentationLoss()({"logits": torch.zeros(1, 20, 2, 3)}, {"target": torch.zeros(1, 20, 2, 2)})
     with pytest.raises(ValueError, match="focal"):
         SegmentationLoss("dice")
 
