@@ -117,7 +117,7 @@ def _classifier_source(cam_method: str) -> ClassifierSource:
 
 def test_gradcam_at_the_backbone_output_equals_the_relu_cam_up_to_a_positive_factor():
     torch.manual_seed(1)
-    images = torch.randint(0, 256, (2, 4, 64, 64), dtype=torch.uint8)
+    images = torch.randint(0, 256, (1, 4, 64, 64), dtype=torch.uint8)
     normalised = normalize_images(images)
     cam_source, grad_source = _classifier_source("cam"), _classifier_source("gradcam")
     cam_probs, logit_maps = cam_source.forward_view(normalised, "cam")
