@@ -20,6 +20,7 @@ from src.metrics import (
     image_label_floor_submission,
     load_truth,
     mask_truth_ious,
+    match_image,
     within_image_ceiling,
 )
 from src.submission.codec import (
@@ -308,6 +309,8 @@ def test_format_ap_table_has_one_column_per_result() -> None:
     other = CellAPResult({0: 1.0}, {c: 0 for c in range(19)} | {0: 1}, {}, 1.0)
     with pytest.raises(ValueError, match="other truth"):
         format_ap_table({"model": first, "other": other})
+    with pytest.raises(ValueError, match="result 'third' was computed on other truth than 'model'"):
+        format_ap_table({"model": first, "image-label floor": second, "third": other})
 
 
 def test_evaluate_cli_writes_json(tmp_path: Path) -> None:
@@ -376,3 +379,24 @@ def test_ceiling_matches_the_cell_of_highest_iou(tmp_path: Path) -> None:
     assert [(p.class_id, p.confidence) for p in kept] == [(16, pytest.approx(0.5e-3)), (0, 0.4)]
     with pytest.raises(ValueError, match="demote"):
         within_image_ceiling(submission({"img1": [(16, 0.5, wide)]}), truth, ["img1"], demote=1.0)
+
+
+def test_match_image_gives_minus_one_for_a_class_without_cells() -> None:
+    mask = np.zeros((4, 4), np.uint16)
+    mask[:2] = 1
+    prediction = CellPrediction(5, 0.9, encode_binary_mask(mask == 1))
+    cell_ids, ious = match_image(mask, {1: (0,)}, [prediction, CellPrediction(0, 0.8, prediction.rle)])
+    assert cell_ids.tolist() == [-1, 1] and ious.tolist() == [0.0, 1.0]
+
+
+def test_size_mismatch_names_the_truth_size_width_first(tmp_path: Path) -> None:
+    truth = write_truth(tmp_path, {"a": np.ones((4, 6), np.uint16)}, {"a": {1: "0"}})
+    with pytest.raises(ValueError, match=r"are 5x4 \(WxH\) but the truth mask .* is 6x4"):
+        evaluate_submission(submission({"a": [(0, 0.9, np.ones((4, 5), bool))]}), truth)
+
+
+def test_duplicate_ids_are_named_five_at_most(two_cells: tuple[Path, np.ndarray]) -> None:
+    truth, mask = two_cells
+    frame = pd.concat([submission({i: [(0, 0.9, mask == 1)]}) for i in "abcdef"] * 2, ignore_index=True)
+    with pytest.raises(ValueError, match=r"duplicate ID\(s\): a, b, c, d, e$"):
+        evaluate_submission(frame, truth, ids=["a"])
