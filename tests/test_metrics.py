@@ -400,3 +400,39 @@ def test_duplicate_ids_are_named_five_at_most(two_cells: tuple[Path, np.ndarray]
     frame = pd.concat([submission({i: [(0, 0.9, mask == 1)]}) for i in "abcdef"] * 2, ignore_index=True)
     with pytest.raises(ValueError, match=r"duplicate ID\(s\): a, b, c, d, e$"):
         evaluate_submission(frame, truth, ids=["a"])
+
+
+@pytest.mark.parametrize("demote", [-0.5, 1.0, 1.5])
+def test_ceiling_demote_outside_zero_to_one_is_refused(tmp_path: Path, demote: float) -> None:
+    truth_dir, first, _ = heterogeneous_truth(tmp_path)
+    frame = submission({"img1": [(16, 0.5, first == 1)]})
+    with pytest.raises(ValueError, match="demote"):
+        within_image_ceiling(frame, load_truth(truth_dir, ["img1"]), ["img1"], demote=demote)
+
+
+def test_ceiling_demote_zero_sends_the_wrong_class_to_zero(tmp_path: Path) -> None:
+    truth_dir, first, _ = heterogeneous_truth(tmp_path)
+    frame = submission({"img1": [(16, 0.5, first == 1)]})
+    ceiling = within_image_ceiling(frame, load_truth(truth_dir, ["img1"]), ["img1"], demote=0.0)
+    assert parse_prediction_string(ceiling["PredictionString"][0])[0].confidence == 0.0
+
+
+def test_rows_of_unscored_images_are_counted_in_the_warning(two_cells, caplog) -> None:
+    truth, mask = two_cells
+    frame = pd.concat([submission({i: [(0, 0.9, mask == 1)]}) for i in "abc"], ignore_index=True)
+    with caplog.at_level("WARNING"):
+        evaluate_submission(frame, truth, ids=["a"])
+    assert "2 submission row(s) are not among the 1 scored images" in caplog.text
+
+
+def test_result_json_gives_zero_counts_for_classes_without_truth_or_hits() -> None:
+    result = CellAPResult({0: 0.5}, {0: 2}, {0: 3}, 0.5, per_class_num_tp={0: 1})
+    per_class = result.to_dict()["per_class"]
+    assert per_class["0"] == {"name": "Nucleoplasm", "ap": 0.5, "num_truth": 2, "num_pred": 3, "num_tp": 1}
+    assert per_class["1"] == {"name": "Nuclear membrane", "ap": None, "num_truth": 0, "num_pred": 0, "num_tp": 0}
+    assert result.num_images == 0 and result.to_dict()["num_images"] == 0
+
+
+def test_ap_table_columns_are_at_least_seven_wide() -> None:
+    result = CellAPResult({0: 0.5}, {c: 0 for c in range(19)} | {0: 3}, {}, 0.5)
+    assert format_ap_table({"m": result}).splitlines()[2].endswith("     3   0.5000")
