@@ -147,3 +147,11 @@ def test_classification_loss_defaults_are_focal_gamma_2_without_soft_f1_and_sub_
     terms = ClassificationLoss()(outputs, {"target": torch.tensor([[1.0]]), "sub_target": torch.tensor([[1.0]])})
     assert set(terms) == {"cls_loss", "sub_loss", "loss"}
     assert terms["loss"].item() == pytest.approx(math.log(4 / 3) / 16 + 5.0 * LN2 / 4, rel=1e-5)
+
+
+def test_tiles_of_a_non_square_batch_of_five_merge_back():
+    images = torch.arange(5 * 8, dtype=torch.float32).reshape(5, 1, 2, 4)
+    tiles = tile_images(images)
+    assert tiles.shape == (20, 1, 1, 2)
+    assert tiles[5].flatten().tolist() == [2.0, 3.0]  # image 0 top-right tile: row 0, columns 2-3
+    torch.testing.assert_close(merge_tiles(tiles), images)

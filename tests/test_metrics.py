@@ -436,3 +436,10 @@ def test_result_json_gives_zero_counts_for_classes_without_truth_or_hits() -> No
 def test_ap_table_columns_are_at_least_seven_wide() -> None:
     result = CellAPResult({0: 0.5}, {c: 0 for c in range(19)} | {0: 3}, {}, 0.5)
     assert format_ap_table({"m": result}).splitlines()[2].endswith("     3   0.5000")
+
+
+def test_ceiling_skips_unscored_rows_wherever_they_are(tmp_path: Path) -> None:
+    truth_dir, first, second = heterogeneous_truth(tmp_path)
+    frame = submission({"img2": [(18, 0.5, second == 1)], "img1": [(16, 0.5, first == 1)]})
+    ceiling = within_image_ceiling(frame, load_truth(truth_dir, ["img1"]), ["img1"])
+    assert ceiling["ID"].tolist() == ["img1"]
