@@ -151,3 +151,19 @@ def test_segmentation_rescale_rounds_sides_to_the_output_stride(side, scale, exp
     source = SegmentationSource.__new__(SegmentationSource)
     images = torch.rand(1, 4, side, side)
     assert source.rescale(images, scale).shape[2:] == (expected, expected)
+
+
+def test_checkpoint_spec_parses_a_valid_entry_and_names_each_bad_one(tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"")
+    assert CheckpointSpec.parse(["cam", "2", ckpt], 0) == CheckpointSpec("cam", 2.0, str(ckpt))
+    with pytest.raises(ValueError, match=r"ckpt_paths\[3\] must be \[how_join, weight, path\]"):
+        CheckpointSpec.parse(["both", 1.0], 3)
+    with pytest.raises(ValueError, match="how_join must be one of"):
+        CheckpointSpec.parse(["all", 1.0, ckpt], 0)
+    with pytest.raises(ValueError, match="is not a number"):
+        CheckpointSpec.parse(["both", "heavy", ckpt], 0)
+    with pytest.raises(ValueError, match="must be > 0"):
+        CheckpointSpec.parse(["both", 0.0, ckpt], 0)
+    with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
+        CheckpointSpec.parse(["both", 1.0, tmp_path / "nowhere.ckpt"], 0)
