@@ -443,3 +443,15 @@ def test_ceiling_skips_unscored_rows_wherever_they_are(tmp_path: Path) -> None:
     frame = submission({"img2": [(18, 0.5, second == 1)], "img1": [(16, 0.5, first == 1)]})
     ceiling = within_image_ceiling(frame, load_truth(truth_dir, ["img1"]), ["img1"])
     assert ceiling["ID"].tolist() == ["img1"]
+
+
+def test_ap_table_counts_a_class_missing_from_the_counts_as_zero_cells() -> None:
+    result = CellAPResult({0: 0.5}, {0: 3}, {}, 0.5)
+    assert format_ap_table({"m": result}).splitlines()[3].split() == ["1", "Nuclear", "membrane", "0", "-"]
+
+
+def test_loaded_truth_without_a_scored_image_names_the_first_missing_id(two_cells) -> None:
+    truth_dir, mask = two_cells
+    truth = load_truth(truth_dir, ["a"])
+    with pytest.raises(FileNotFoundError, match="no truth loaded for image x "):
+        evaluate_submission(submission({"a": [(0, 0.9, mask == 1)]}), truth, ids=["a", "x", "y"])
