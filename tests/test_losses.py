@@ -47,6 +47,7 @@ def test_focal_loss_of_a_sure_right_answer_is_down_weighted_by_gamma():
     logits, targets = torch.tensor([[LN3]]), torch.tensor([[1.0]])
     assert sigmoid_focal_loss(logits, targets, gamma=2.0).item() == pytest.approx(math.log(4 / 3) / 16, rel=1e-5)
     assert sigmoid_focal_loss(logits, targets, gamma=1.0).item() == pytest.approx(math.log(4 / 3) / 4, rel=1e-5)
+    assert sigmoid_focal_loss(logits, targets).item() == pytest.approx(math.log(4 / 3) / 16, rel=1e-5)  # gamma 2
 
 
 def test_classification_loss_adds_soft_f1_and_the_weighted_sub_category_term_by_hand():
