@@ -167,3 +167,26 @@ def test_checkpoint_spec_parses_a_valid_entry_and_names_each_bad_one(tmp_path):
         CheckpointSpec.parse(["both", 0.0, ckpt], 0)
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
         CheckpointSpec.parse(["both", 1.0, tmp_path / "nowhere.ckpt"], 0)
+
+
+def test_checkpoint_spec_is_immutable():
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CheckpointSpec("both", 1.0, "x").weight = 2.0
+
+
+def test_a_run_without_input_size_or_channels_in_its_hparams_means_512_px_rgby(monkeypatch):
+    import src.cam.map_source as map_source
+
+    class Loaded:
+        network = torch.nn.Identity()
+
+    monkeypatch.setattr(map_source, "load_trained_pl_model", lambda _cls, _path: (Loaded(), {}))
+    source = MapSource(CheckpointSpec("both", 1.0, "old.ckpt"), torch.device("cpu"))
+    assert (source.input_size, source.in_chans) == (512, 4)
+    monkeypatch.setattr(
+        map_source, "load_trained_pl_model", lambda _c, _p: (Loaded(), {"input_size": 64, "num_inchannels": 3})
+    )
+    source = MapSource(CheckpointSpec("both", 1.0, "new.ckpt"), torch.device("cpu"))
+    assert (source.input_size, source.in_chans) == (64, 3)
