@@ -156,3 +156,15 @@ def test_tiles_of_a_non_square_batch_of_five_merge_back():
     assert tiles.shape == (20, 1, 1, 2)
     assert tiles[5].flatten().tolist() == [2.0, 3.0]  # image 0 top-right tile: row 0, columns 2-3
     torch.testing.assert_close(merge_tiles(tiles), images)
+
+
+def test_puzzle_cam_resizes_merged_features_smaller_than_the_full_map():
+    class Halved(_CentredFeatures):
+        def forward_features(self, images):  # floor-halving: a 6 px image gives 3 px, its 3 px tiles 1 px each
+            return nn.functional.avg_pool2d(images, 2)
+
+    network = Halved()
+    images = torch.ones(1, 1, 6, 6)
+    outputs = {"logits": torch.zeros(1, 1), "features": network.forward_features(images)}
+    add_puzzle_cam_outputs(network, images, outputs, weight=1.0)
+    assert outputs["puzzle_re_loss"].item() == pytest.approx(0.0)

@@ -163,8 +163,11 @@ def test_checkpoint_spec_parses_a_valid_entry_and_names_each_bad_one(tmp_path):
         CheckpointSpec.parse(["all", 1.0, ckpt], 0)
     with pytest.raises(ValueError, match="is not a number"):
         CheckpointSpec.parse(["both", "heavy", ckpt], 0)
-    with pytest.raises(ValueError, match="must be > 0"):
-        CheckpointSpec.parse(["both", 0.0, ckpt], 0)
+    with pytest.raises(ValueError, match=r"must be \[how_join, weight, path\]"):
+        CheckpointSpec.parse(["both", 1.0, ckpt, "extra"], 0)
+    for weight in (0.0, -1.0):
+        with pytest.raises(ValueError, match="must be > 0"):
+            CheckpointSpec.parse(["both", weight, ckpt], 0)
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
         CheckpointSpec.parse(["both", 1.0, tmp_path / "nowhere.ckpt"], 0)
 
@@ -190,3 +193,8 @@ def test_a_run_without_input_size_or_channels_in_its_hparams_means_512_px_rgby(m
     )
     source = MapSource(CheckpointSpec("both", 1.0, "new.ckpt"), torch.device("cpu"))
     assert (source.input_size, source.in_chans) == (64, 3)
+
+
+def test_per_class_normalisation_adds_its_epsilon_to_the_maximum():
+    maps = torch.full((1, 1, 2, 2), 1e-4)
+    torch.testing.assert_close(normalise_per_class(maps), torch.full((1, 1, 2, 2), 1e-4 / (1e-4 + 1e-5)))

@@ -455,3 +455,28 @@ def test_loaded_truth_without_a_scored_image_names_the_first_missing_id(two_cell
     truth = load_truth(truth_dir, ["a"])
     with pytest.raises(FileNotFoundError, match="no truth loaded for image x "):
         evaluate_submission(submission({"a": [(0, 0.9, mask == 1)]}), truth, ids=["a", "x", "y"])
+
+
+def test_the_same_cell_id_in_two_images_is_two_truth_cells(tmp_path: Path) -> None:
+    mask = np.zeros((4, 4), np.uint16)
+    mask[:2], mask[2:] = 1, 2
+    truth = write_truth(tmp_path, {"a": mask, "b": mask}, {"a": {1: "0", 2: "0"}, "b": {1: "0", 2: "0"}})
+    frame = submission({"a": [(0, 0.9, mask == 2)], "b": [(0, 0.8, mask == 1)]})
+    result = evaluate_submission(frame, truth)
+    assert result.per_class_num_tp[0] == 2 and result.per_class_ap[0] == pytest.approx(0.5)
+    assert result.to_dict()["mAP"] == pytest.approx(0.5)
+
+
+def test_an_unscored_row_before_a_scored_one_is_skipped_not_the_end(two_cells) -> None:
+    truth, mask = two_cells
+    frame = pd.concat([submission({"b": [(0, 0.9, mask == 1)]}), submission({"a": [(0, 0.9, mask == 1)]})])
+    assert evaluate_submission(frame.reset_index(drop=True), truth, ids=["a"]).per_class_num_tp[0] == 1
+
+
+def test_mask_iou_of_one_pixel_masks_and_of_a_too_short_rle() -> None:
+    cell_mask = np.zeros((4, 4), np.uint16)
+    cell_mask[0, 0] = 1
+    fortran = cell_mask.ravel(order="F")
+    assert mask_truth_ious(encode_binary_mask(cell_mask == 1), fortran, np.bincount(fortran))[1] == 1.0
+    with pytest.raises(ValueError, match="RLE encodes 9 pixels"):
+        mask_truth_ious(encode_binary_mask(np.ones((3, 3), bool)), fortran, np.bincount(fortran))
