@@ -12,7 +12,7 @@ PIPELINE_ENV := TIMM=resnet18 TIMM_KWARGS='{"output_stride": 16}' INPUT_SIZE=512
 	OUT_DIR=outputs/synthetic_full DATA_DIR=data/synthetic_full
 endif
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format clean mutation
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,42 @@ lint: install
 format: install
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+# Mutation testing (cosmic-ray) of the modules whose math the fast tests pin: one session per module, each with
+# its own fast test files. It mutates a scratch copy ($(MUTATION_DIR)), never this tree; a few minutes per module
+# on 2 cores. Pick modules with MUTATION_TARGETS='src/x.py=tests/test_a.py,tests/test_b.py ...'.
+MUTATION_DIR ?= /tmp/hpa-mutation-$(USER)
+MUTATION_TARGETS ?= \
+	src/scoring/cell_scores.py=tests/test_cell_scores.py \
+	src/models/losses.py=tests/test_losses.py \
+	src/metrics/ceiling.py=$(MUTATION_METRIC_TESTS) \
+	src/cam/map_source.py=tests/test_map_source.py \
+	src/cam/classifier_source.py=tests/test_map_source.py \
+	src/metrics/cell_ap.py=$(MUTATION_METRIC_TESTS)
+# the metric's tests without the CLI subprocess and the two-process run (they add seconds per mutant, no kills)
+MUTATION_METRIC_TESTS := tests/test_metrics.py,--deselect,tests/test_metrics.py::test_evaluate_cli_writes_json,--deselect,tests/test_metrics.py::test_two_workers_give_the_same_result
+# Operators left out: type errors numpy raises at once (arithmetic <-> shifts, bitwise, power, modulo), identity
+# and membership comparisons, and the variable/exception/decorator rewrites.
+MUTATION_EXCLUDE := "core/ReplaceBinaryOperator_.*_(FloorDiv|Mod|Pow|LShift|RShift|BitXor)$$", \
+	"core/ReplaceBinaryOperator_(FloorDiv|Mod|Pow|LShift|RShift|BitXor)_", \
+	"core/ReplaceBinaryOperator_(Add|Sub|Mul|Div)_Bit(Or|And)$$", "core/ReplaceBinaryOperator_Bit(Or|And)_(Add|Sub|Mul|Div)$$", \
+	"core/ReplaceComparisonOperator_.*_(Is|IsNot|In|NotIn)$$", "core/ReplaceComparisonOperator_(Is|IsNot|In|NotIn)_", \
+	"core/(ExceptionReplacer|VariableInserter|VariableReplacer|RemoveDecorator)"
+
+mutation: install
+	rm -rf $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR) && cp -r src tests pyproject.toml $(MUTATION_DIR)/
+	@set -e; cd $(MUTATION_DIR); for target in $(MUTATION_TARGETS); do \
+		module=$${target%%=*}; tests=$$(echo $${target#*=} | tr , ' '); name=$$(basename $$module .py); \
+		printf '%s\n' '[cosmic-ray]' "module-path = \"$$module\"" 'timeout = 120.0' 'excluded-modules = []' \
+			"test-command = \"$(abspath $(PY)) -m pytest -x -q -p no:cacheprovider $$tests\"" \
+			'[cosmic-ray.distributor]' 'name = "local"' '[cosmic-ray.filters.operators-filter]' \
+			'exclude-operators = [$(MUTATION_EXCLUDE)]' > $$name.toml; \
+		$(abspath $(VENV))/bin/cosmic-ray init $$name.toml $$name.sqlite; \
+		$(abspath $(VENV))/bin/cr-filter-operators $$name.sqlite $$name.toml; \
+		$(abspath $(VENV))/bin/cosmic-ray exec $$name.toml $$name.sqlite; \
+		$(abspath $(VENV))/bin/cr-report --surviving-only --show-diff $$name.sqlite > $$name.survivors.txt; \
+		echo "$$module: $$(tail -n 3 $$name.survivors.txt | tr '\n' ' ')"; \
+	done; echo "surviving mutants with their diffs: $(MUTATION_DIR)/*.survivors.txt"
 
 clean:
 	rm -rf $(VENV) data outputs

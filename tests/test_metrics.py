@@ -20,6 +20,7 @@ from src.metrics import (
     image_label_floor_submission,
     load_truth,
     mask_truth_ious,
+    match_image,
     within_image_ceiling,
 )
 from src.submission.codec import (
@@ -308,6 +309,8 @@ def test_format_ap_table_has_one_column_per_result() -> None:
     other = CellAPResult({0: 1.0}, {c: 0 for c in range(19)} | {0: 1}, {}, 1.0)
     with pytest.raises(ValueError, match="other truth"):
         format_ap_table({"model": first, "other": other})
+    with pytest.raises(ValueError, match="result 'third' was computed on other truth than 'model'"):
+        format_ap_table({"model": first, "image-label floor": second, "third": other})
 
 
 def test_evaluate_cli_writes_json(tmp_path: Path) -> None:
@@ -333,3 +336,147 @@ def test_evaluate_cli_writes_json(tmp_path: Path) -> None:
     assert report["results"]["submission"]["mAP"] == pytest.approx((1 / 3 + 1 / 2 + 0) / 3)
     assert report["results"]["submission ceiling"]["mAP"] == pytest.approx((1 / 3 + 1 / 2 + 0) / 3)  # nothing to fix
     assert report["results"]["submission"]["per_class"]["18"]["num_truth"] == 1
+
+
+def test_imperfect_ranking_gives_the_hand_computed_interpolated_ap(tmp_path: Path) -> None:
+    # five 2-row cells: 1-4 of class 0, 5 of class 16. Class 0 ranked: cell 1 (TP), a stray mask (FP), cell 5
+    # (FP: it lacks class 0), cell 2 (TP), cell 3 (TP); cell 4 is never predicted.
+    # precision at the TPs: 1, 2/4, 3/5 -> made non-increasing: 1, 3/5, 3/5; recall steps of 1/4 each
+    mask = np.zeros((10, 10), np.uint16)
+    for cell in range(1, 6):
+        mask[2 * (cell - 1) : 2 * cell] = cell
+    truth = write_truth(tmp_path, {"a": mask}, {"a": {1: "0", 2: "0", 3: "0", 4: "0", 5: "16"}})
+    stray = np.zeros((10, 10), bool)
+    stray[0, 0] = True  # IoU 1/20 with cell 1: below 0.6
+    predictions = [(0, 0.9, mask == 1), (0, 0.8, stray), (0, 0.7, mask == 5), (0, 0.6, mask == 2), (0, 0.5, mask == 3)]
+    result = evaluate_submission(submission({"a": predictions}), truth)
+    assert result.per_class_ap[0] == pytest.approx(0.25 * (1 + 3 / 5 + 3 / 5))
+    assert result.per_class_ap[16] == 0.0  # its one cell is never predicted as 16
+    assert result.mAP == pytest.approx((0.55 + 0.0) / 2)
+    assert result.per_class_num_tp[0] == 3 and result.per_class_num_pred[0] == 5
+
+
+@pytest.mark.parametrize(("pixels", "demoted"), [(9, True), (8, False)])
+def test_ceiling_matches_a_predicted_mask_only_at_iou_0_5_or_more(tmp_path: Path, pixels: int, demoted: bool) -> None:
+    # img1 cell 1 (18 px, class 0 only); a class-16 prediction on 9 of its pixels has IoU 9/18 = 0.5: matched,
+    # and as cell 1 lacks class 16 it is demoted; on 8 pixels (IoU 0.44) it matches no cell and is kept
+    truth_dir, first, _ = heterogeneous_truth(tmp_path)
+    truth = load_truth(truth_dir, ["img1"])
+    part = np.zeros_like(first, bool)
+    part.ravel()[np.flatnonzero((first == 1).ravel())[:pixels]] = True
+    ceiling = within_image_ceiling(submission({"img1": [(16, 0.5, part)]}), truth, ["img1"], demote=0.1)
+    confidence = parse_prediction_string(ceiling["PredictionString"][0])[0].confidence
+    assert confidence == pytest.approx(0.05 if demoted else 0.5)
+
+
+def test_ceiling_matches_the_cell_of_highest_iou(tmp_path: Path) -> None:
+    # cell 1 plus a third of cell 2: IoU 18/24 with cell 1, 6/18 with cell 2 -> cell 1, which lacks 16
+    truth_dir, first, _ = heterogeneous_truth(tmp_path)
+    truth = load_truth(truth_dir, ["img1"])
+    wide = (first == 1) | ((first == 2) & (np.arange(9)[None, :] == 3))
+    ceiling = within_image_ceiling(submission({"img1": [(16, 0.5, wide), (0, 0.4, wide)]}), truth, ["img1"])
+    kept = parse_prediction_string(ceiling["PredictionString"][0])
+    assert [(p.class_id, p.confidence) for p in kept] == [(16, pytest.approx(0.5e-3)), (0, 0.4)]
+    with pytest.raises(ValueError, match="demote"):
+        within_image_ceiling(submission({"img1": [(16, 0.5, wide)]}), truth, ["img1"], demote=1.0)
+
+
+def test_match_image_gives_minus_one_for_a_class_without_cells() -> None:
+    mask = np.zeros((4, 4), np.uint16)
+    mask[:2] = 1
+    prediction = CellPrediction(5, 0.9, encode_binary_mask(mask == 1))
+    cell_ids, ious = match_image(mask, {1: (0,)}, [prediction, CellPrediction(0, 0.8, prediction.rle)])
+    assert cell_ids.tolist() == [-1, 1] and ious.tolist() == [0.0, 1.0]
+
+
+def test_size_mismatch_names_the_truth_size_width_first(tmp_path: Path) -> None:
+    truth = write_truth(tmp_path, {"a": np.ones((4, 6), np.uint16)}, {"a": {1: "0"}})
+    with pytest.raises(ValueError, match=r"are 5x4 \(WxH\) but the truth mask .* is 6x4"):
+        evaluate_submission(submission({"a": [(0, 0.9, np.ones((4, 5), bool))]}), truth)
+
+
+def test_duplicate_ids_are_named_five_at_most(two_cells: tuple[Path, np.ndarray]) -> None:
+    truth, mask = two_cells
+    frame = pd.concat([submission({i: [(0, 0.9, mask == 1)]}) for i in "abcdef"] * 2, ignore_index=True)
+    with pytest.raises(ValueError, match=r"duplicate ID\(s\): a, b, c, d, e$"):
+        evaluate_submission(frame, truth, ids=["a"])
+
+
+@pytest.mark.parametrize("demote", [-0.5, 1.0, 1.5])
+def test_ceiling_demote_outside_zero_to_one_is_refused(tmp_path: Path, demote: float) -> None:
+    truth_dir, first, _ = heterogeneous_truth(tmp_path)
+    frame = submission({"img1": [(16, 0.5, first == 1)]})
+    with pytest.raises(ValueError, match="demote"):
+        within_image_ceiling(frame, load_truth(truth_dir, ["img1"]), ["img1"], demote=demote)
+
+
+def test_ceiling_demote_zero_sends_the_wrong_class_to_zero(tmp_path: Path) -> None:
+    truth_dir, first, _ = heterogeneous_truth(tmp_path)
+    frame = submission({"img1": [(16, 0.5, first == 1)]})
+    ceiling = within_image_ceiling(frame, load_truth(truth_dir, ["img1"]), ["img1"], demote=0.0)
+    assert parse_prediction_string(ceiling["PredictionString"][0])[0].confidence == 0.0
+
+
+def test_rows_of_unscored_images_are_counted_in_the_warning(two_cells, caplog) -> None:
+    truth, mask = two_cells
+    frame = pd.concat([submission({i: [(0, 0.9, mask == 1)]}) for i in "abc"], ignore_index=True)
+    with caplog.at_level("WARNING"):
+        evaluate_submission(frame, truth, ids=["a"])
+    assert "2 submission row(s) are not among the 1 scored images" in caplog.text
+
+
+def test_result_json_gives_zero_counts_for_classes_without_truth_or_hits() -> None:
+    result = CellAPResult({0: 0.5}, {0: 2}, {0: 3}, 0.5, per_class_num_tp={0: 1})
+    per_class = result.to_dict()["per_class"]
+    assert per_class["0"] == {"name": "Nucleoplasm", "ap": 0.5, "num_truth": 2, "num_pred": 3, "num_tp": 1}
+    assert per_class["1"] == {"name": "Nuclear membrane", "ap": None, "num_truth": 0, "num_pred": 0, "num_tp": 0}
+    assert result.num_images == 0 and result.to_dict()["num_images"] == 0
+
+
+def test_ap_table_columns_are_at_least_seven_wide() -> None:
+    result = CellAPResult({0: 0.5}, {c: 0 for c in range(19)} | {0: 3}, {}, 0.5)
+    assert format_ap_table({"m": result}).splitlines()[2].endswith("     3   0.5000")
+
+
+def test_ceiling_skips_unscored_rows_wherever_they_are(tmp_path: Path) -> None:
+    truth_dir, first, second = heterogeneous_truth(tmp_path)
+    frame = submission({"img2": [(18, 0.5, second == 1)], "img1": [(16, 0.5, first == 1)]})
+    ceiling = within_image_ceiling(frame, load_truth(truth_dir, ["img1"]), ["img1"])
+    assert ceiling["ID"].tolist() == ["img1"]
+
+
+def test_ap_table_counts_a_class_missing_from_the_counts_as_zero_cells() -> None:
+    result = CellAPResult({0: 0.5}, {0: 3}, {}, 0.5)
+    assert format_ap_table({"m": result}).splitlines()[3].split() == ["1", "Nuclear", "membrane", "0", "-"]
+
+
+def test_loaded_truth_without_a_scored_image_names_the_first_missing_id(two_cells) -> None:
+    truth_dir, mask = two_cells
+    truth = load_truth(truth_dir, ["a"])
+    with pytest.raises(FileNotFoundError, match="no truth loaded for image x "):
+        evaluate_submission(submission({"a": [(0, 0.9, mask == 1)]}), truth, ids=["a", "x", "y"])
+
+
+def test_the_same_cell_id_in_two_images_is_two_truth_cells(tmp_path: Path) -> None:
+    mask = np.zeros((4, 4), np.uint16)
+    mask[:2], mask[2:] = 1, 2
+    truth = write_truth(tmp_path, {"a": mask, "b": mask}, {"a": {1: "0", 2: "0"}, "b": {1: "0", 2: "0"}})
+    frame = submission({"a": [(0, 0.9, mask == 2)], "b": [(0, 0.8, mask == 1)]})
+    result = evaluate_submission(frame, truth)
+    assert result.per_class_num_tp[0] == 2 and result.per_class_ap[0] == pytest.approx(0.5)
+    assert result.to_dict()["mAP"] == pytest.approx(0.5)
+
+
+def test_an_unscored_row_before_a_scored_one_is_skipped_not_the_end(two_cells) -> None:
+    truth, mask = two_cells
+    frame = pd.concat([submission({"b": [(0, 0.9, mask == 1)]}), submission({"a": [(0, 0.9, mask == 1)]})])
+    assert evaluate_submission(frame.reset_index(drop=True), truth, ids=["a"]).per_class_num_tp[0] == 1
+
+
+def test_mask_iou_of_one_pixel_masks_and_of_a_too_short_rle() -> None:
+    cell_mask = np.zeros((4, 4), np.uint16)
+    cell_mask[0, 0] = 1
+    fortran = cell_mask.ravel(order="F")
+    assert mask_truth_ious(encode_binary_mask(cell_mask == 1), fortran, np.bincount(fortran))[1] == 1.0
+    with pytest.raises(ValueError, match="RLE encodes 9 pixels"):
+        mask_truth_ious(encode_binary_mask(np.ones((3, 3), bool)), fortran, np.bincount(fortran))

@@ -272,6 +272,14 @@ def test_macro_average_precision_skips_absent_classes():
     assert macro_average_precision(probs, targets) == pytest.approx(1.0)
 
 
+def test_macro_average_precision_on_an_imperfect_ranking_by_hand():
+    # class 0 ranked: pos, neg, pos, neg -> AP = 1/2 x 1 + 1/2 x 2/3; class 1: its one positive ranked second -> 1/2;
+    # class 2 has no positive and is skipped
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=np.float32)
+    probs = np.array([[0.9, 0.9, 0.1], [0.8, 0.5, 0.2], [0.7, 0.2, 0.3], [0.1, 0.3, 0.4]])
+    assert macro_average_precision(probs, targets) == pytest.approx(((0.5 + 0.5 * 2 / 3) + 0.5) / 2)
+
+
 def test_ddp_on_two_cpu_processes_writes_one_checkpoint_set(kaggle_data, tmp_path):
     run_script("run_classification.py", *train_args(kaggle_data, tmp_path, "--devices", "2", "--strategy", "ddp"))
     versions = list((tmp_path / "lightning_logs").iterdir())

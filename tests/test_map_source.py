@@ -1,0 +1,200 @@
+"""The one TTA loop of the map sources (src/cam/map_source.py) on sources whose maps are known, and the
+CAM / Grad-CAM identity of a linear head (src/cam/classifier_source.py)."""
+
+import pytest
+import torch
+
+from src.cam.classifier_source import ClassifierSource
+from src.cam.map_source import CheckpointSpec, MapSource, normalise_per_class, tta_views, view_maps
+from src.cam.segm_source import SegmentationSource
+from src.data.classes import NUM_CLASSES
+from src.models.factory import create_classifier
+from src.models.preprocess import normalize_images
+
+
+class EchoSource(MapSource):
+    """A map source without a checkpoint: every class map is the view's red channel times ``gain``, and the
+    probability of every class is the view's top-left red value (so it depends on which view it sees).
+
+    ``rescale`` multiplies the image by the scale instead of resizing it, so each scale is recognisable in the mean.
+    """
+
+    def __init__(self, gain: float = 1.0, flip_back: bool = True):
+        self.device = torch.device("cpu")
+        self.in_chans = 4
+        self.gain = gain
+
+    def rescale(self, images: torch.Tensor, scale: float) -> torch.Tensor:
+        return images * scale
+
+    def forward_view(self, images, map_kind):
+        maps = (self.gain * images[:, :1]).expand(-1, NUM_CLASSES, -1, -1).clone()
+        probs = images[:, 0, 0, 0][:, None].expand(-1, NUM_CLASSES).clone()
+        return probs, maps
+
+
+def _asymmetric_image(size: int = 6) -> torch.Tensor:
+    """(1, 4, size, size) uint8: one bright pixel at row 1, column 4 of the red channel; the rest dark."""
+    images = torch.zeros(1, 4, size, size, dtype=torch.uint8)
+    images[0, 0, 1, 4] = 255
+    images[0, 0, 0, 0] = 100  # a distinct top-left value
+    return images
+
+
+def test_flipped_views_come_back_aligned_with_the_image():
+    images = _asymmetric_image()
+    red = normalize_images(images)[:, :1]
+    _, maps = EchoSource().predict(images, (6, 6), flips=True, scales=[1.0], map_kind="logit")
+    torch.testing.assert_close(maps, red.expand(-1, NUM_CLASSES, -1, -1))
+    assert maps[0, 0].argmax().item() == 1 * 6 + 4  # the bright pixel stays at (1, 4)
+
+
+def test_cam_maps_of_flipped_views_peak_where_the_image_peaks():
+    images = _asymmetric_image()
+    _, cams = EchoSource().predict(images, (6, 6), flips=True, scales=[1.0], map_kind="cam")
+    expected = normalise_per_class(torch.relu(normalize_images(images)[:, :1]))
+    torch.testing.assert_close(cams[:, :1], expected)
+    assert cams[0, 3].max().item() == pytest.approx(1.0, abs=1e-4) and cams[0, 3, 1, 4] == cams[0, 3].max()
+
+
+def test_probabilities_are_the_mean_over_the_three_views():
+    images = _asymmetric_image()
+    red = normalize_images(images)[0, 0]
+    # top-left red value seen by the identity, horizontal flip (row 0, last column) and vertical flip (last row)
+    expected = (red[0, 0] + red[0, 5] + red[5, 0]) / 3
+    probs, _ = EchoSource().predict(images, (6, 6), flips=True, scales=[1.0], map_kind="logit")
+    torch.testing.assert_close(probs, expected.expand(1, NUM_CLASSES))
+    probs, _ = EchoSource().predict(images, (6, 6), flips=False, scales=[1.0], map_kind="logit")
+    torch.testing.assert_close(probs, red[0, 0].expand(1, NUM_CLASSES))
+
+
+def test_scales_are_averaged_with_equal_weight_over_scales_and_flips():
+    images = _asymmetric_image()
+    red = normalize_images(images)[:, :1]
+    probs, maps = EchoSource().predict(images, (6, 6), flips=True, scales=[1.0, 2.0, 0.5], map_kind="logit")
+    torch.testing.assert_close(maps, (1.0 + 2.0 + 0.5) / 3 * red.expand(-1, NUM_CLASSES, -1, -1))
+    top_left = (red[0, 0, 0, 0] + red[0, 0, 0, 5] + red[0, 0, 5, 0]) / 3
+    torch.testing.assert_close(probs, (3.5 / 3 * top_left).expand(1, NUM_CLASSES))
+
+
+def test_maps_are_resized_to_cam_size():
+    images = _asymmetric_image(size=8)
+    _, maps = EchoSource().predict(images, (4, 4), flips=False, scales=[1.0], map_kind="logit")
+    red = normalize_images(images)[:, :1]
+    torch.testing.assert_close(maps[:, :1], torch.nn.functional.avg_pool2d(red, 2))  # bilinear 2x down = 2x2 mean
+
+
+def test_each_view_is_normalised_before_averaging_in_cam_mode():
+    images = _asymmetric_image()
+    _, small = EchoSource(gain=1.0).predict(images, (6, 6), flips=True, scales=[1.0, 3.0], map_kind="cam")
+    _, large = EchoSource(gain=50.0).predict(images, (6, 6), flips=True, scales=[1.0], map_kind="cam")
+    torch.testing.assert_close(small, large)  # divided by each view's own maximum: the gain and scale cancel
+
+
+def test_unknown_map_kind_is_refused():
+    with pytest.raises(ValueError, match="map_kind"):
+        EchoSource().predict(_asymmetric_image(), (6, 6), flips=False, scales=[1.0], map_kind="prob")
+
+
+def test_tta_views_and_view_maps():
+    assert tta_views(True) == [(), (3,), (2,)] and tta_views(False) == [()]
+    maps = torch.tensor([[[[-1.0, 2.0], [4.0, 0.0]]]])
+    torch.testing.assert_close(view_maps(maps, "logit"), maps)
+    torch.testing.assert_close(view_maps(maps, "cam"), torch.tensor([[[[0.0, 2.0], [4.0, 0.0]]]]) / (4 + 1e-5))
+
+
+def _classifier_source(cam_method: str) -> ClassifierSource:
+    """A ClassifierSource around a fresh test_resnet, without a checkpoint (the network is all it uses)."""
+    torch.manual_seed(0)
+    source = ClassifierSource.__new__(ClassifierSource)
+    source.network = create_classifier("test_resnet", in_chans=4).eval()
+    with torch.no_grad():  # large maps, so the +1e-5 of the per-class normalisation is negligible for both methods
+        source.network.get_classifier().weight.mul_(1000.0)
+    source.device, source.in_chans, source.cam_method, source.gradcam_module = torch.device("cpu"), 4, cam_method, None
+    source.spec = CheckpointSpec("both", 1.0, "in-memory")
+    return source
+
+
+def test_gradcam_at_the_backbone_output_equals_the_relu_cam_up_to_a_positive_factor():
+    torch.manual_seed(1)
+    images = torch.randint(0, 256, (1, 4, 64, 64), dtype=torch.uint8)
+    normalised = normalize_images(images)
+    cam_source, grad_source = _classifier_source("cam"), _classifier_source("gradcam")
+    cam_probs, logit_maps = cam_source.forward_view(normalised, "cam")
+    grad_probs, gradcams = grad_source.forward_view(normalised, "cam")
+    h, w = logit_maps.shape[2:]
+    # logits are the mean of the linear head over the feature map: d logit / d feature = weight / (h w) everywhere
+    torch.testing.assert_close(gradcams * (h * w), torch.relu(logit_maps), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad_probs, cam_probs)
+    # at the feature map's size the TTA-averaged, per-class normalised maps are equal (the factor cancels); at a
+    # larger cam_size they are not: CAM is resized before its ReLU, Grad-CAM after it (see the README)
+    _, cams = cam_source.predict(images, (h, w), flips=True, scales=[1.0])
+    _, grads = grad_source.predict(images, (h, w), flips=True, scales=[1.0])
+    torch.testing.assert_close(grads, cams, rtol=1e-3, atol=1e-4)
+
+
+def test_logit_maps_need_the_cam_method():
+    with pytest.raises(ValueError, match="logit maps need cam_method"):
+        _classifier_source("gradcam").check_request("logit")
+
+
+def test_classifier_rescale_resizes_bilinearly_and_keeps_scale_one():
+    images = torch.rand(1, 4, 8, 8)
+    source = _classifier_source("cam")
+    assert source.rescale(images, 1.0) is images
+    assert source.rescale(images, 0.5).shape == (1, 4, 4, 4)
+    torch.testing.assert_close(source.rescale(images, 0.5), torch.nn.functional.avg_pool2d(images, 2))
+
+
+@pytest.mark.parametrize(("side", "scale", "expected"), [(64, 1.0, 64), (64, 0.5, 32), (64, 0.25, 32), (96, 1.25, 128)])
+def test_segmentation_rescale_rounds_sides_to_the_output_stride(side, scale, expected):
+    source = SegmentationSource.__new__(SegmentationSource)
+    images = torch.rand(1, 4, side, side)
+    assert source.rescale(images, scale).shape[2:] == (expected, expected)
+
+
+def test_checkpoint_spec_parses_a_valid_entry_and_names_each_bad_one(tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"")
+    assert CheckpointSpec.parse(["cam", "2", ckpt], 0) == CheckpointSpec("cam", 2.0, str(ckpt))
+    with pytest.raises(ValueError, match=r"ckpt_paths\[3\] must be \[how_join, weight, path\]"):
+        CheckpointSpec.parse(["both", 1.0], 3)
+    with pytest.raises(ValueError, match="how_join must be one of"):
+        CheckpointSpec.parse(["all", 1.0, ckpt], 0)
+    with pytest.raises(ValueError, match="is not a number"):
+        CheckpointSpec.parse(["both", "heavy", ckpt], 0)
+    with pytest.raises(ValueError, match=r"must be \[how_join, weight, path\]"):
+        CheckpointSpec.parse(["both", 1.0, ckpt, "extra"], 0)
+    for weight in (0.0, -1.0):
+        with pytest.raises(ValueError, match="must be > 0"):
+            CheckpointSpec.parse(["both", weight, ckpt], 0)
+    with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
+        CheckpointSpec.parse(["both", 1.0, tmp_path / "nowhere.ckpt"], 0)
+
+
+def test_checkpoint_spec_is_immutable():
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CheckpointSpec("both", 1.0, "x").weight = 2.0
+
+
+def test_a_run_without_input_size_or_channels_in_its_hparams_means_512_px_rgby(monkeypatch):
+    import src.cam.map_source as map_source
+
+    class Loaded:
+        network = torch.nn.Identity()
+
+    monkeypatch.setattr(map_source, "load_trained_pl_model", lambda _cls, _path: (Loaded(), {}))
+    source = MapSource(CheckpointSpec("both", 1.0, "old.ckpt"), torch.device("cpu"))
+    assert (source.input_size, source.in_chans) == (512, 4)
+    monkeypatch.setattr(
+        map_source, "load_trained_pl_model", lambda _c, _p: (Loaded(), {"input_size": 64, "num_inchannels": 3})
+    )
+    source = MapSource(CheckpointSpec("both", 1.0, "new.ckpt"), torch.device("cpu"))
+    assert (source.input_size, source.in_chans) == (64, 3)
+
+
+def test_per_class_normalisation_adds_its_epsilon_to_the_maximum():
+    maps = torch.full((1, 1, 2, 2), 1e-4)
+    torch.testing.assert_close(normalise_per_class(maps), torch.full((1, 1, 2, 2), 1e-4 / (1e-4 + 1e-5)))
