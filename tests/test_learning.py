@@ -13,7 +13,7 @@ from src.cam.map_source import CheckpointSpec
 from src.data.atomic import write_png_atomic
 from src.data.classes import NUM_CLASSES
 from src.metrics import evaluate_submission
-from src.models.factory import create_classifier
+from src.models.classifier import create_classifier
 from src.models.losses import ClassificationLoss
 from src.models.preprocess import normalize_images
 from src.scoring.cell_scores import CellScoreConfig, cell_logit_scores, image_prob_scores

@@ -8,7 +8,7 @@ from src.cam.classifier_source import ClassifierSource
 from src.cam.map_source import CheckpointSpec, MapSource, normalise_per_class, tta_views, view_maps
 from src.cam.segm_source import SegmentationSource
 from src.data.classes import NUM_CLASSES
-from src.models.factory import create_classifier
+from src.models.classifier import create_classifier
 from src.models.preprocess import normalize_images
 
 

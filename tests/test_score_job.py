@@ -1,12 +1,12 @@
 """Scoring one image at a reduced score size (src/scoring/score_job.py): 512 px masks scored at 128 px."""
 
+import cv2
 import numpy as np
 import pytest
 
-from src.cell_masks.cache import mask_path, write_masks
 from src.data.classes import NEGATIVE, NUM_CLASSES
 from src.scoring.cell_scores import CellScoreConfig
-from src.scoring.score_job import score_image
+from src.scoring.score_job import score_image, shrink_mask
 from src.submission.codec import decode_binary_mask, parse_prediction_string
 
 FULL, SCORE = 512, 128
@@ -29,7 +29,6 @@ def _masks() -> tuple[np.ndarray, np.ndarray]:
 
 def _job(tmp_path, conf_how: str = "max") -> dict:
     cell_mask, nuclei_mask = _masks()
-    write_masks(mask_path(tmp_path, "img"), nuclei_mask, cell_mask)
     cams = np.zeros((NUM_CLASSES, 32, 32), np.float16)
     cams[0, :, :16] = 1.0  # class 0 over the left half of a 32 px CAM
     probs = np.zeros(NUM_CLASSES, np.float32)
@@ -41,8 +40,8 @@ def _job(tmp_path, conf_how: str = "max") -> dict:
         "green": np.full((SCORE, SCORE), 50, np.uint8),
         "probs": probs,
         "cams": cams,
-        "mask_dir": str(tmp_path),
-        "conf_how": conf_how,
+        "nuclei_mask": nuclei_mask,
+        "cell_mask": cell_mask,
         "score_config": CellScoreConfig(conf_how=conf_how) if conf_how != "image_prob" else CellScoreConfig(),
     }
 
@@ -74,12 +73,22 @@ def test_masks_of_another_size_than_the_image_are_refused(tmp_path):
         score_image(job)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: score_image shrinks the masks with INTER_NEAREST and scores only the cells left at score size; "
-    "a cell smaller than the shrink factor vanishes and is silently missing from the PredictionString",
-)
 @pytest.mark.parametrize("conf_how", ["max", "cell_logit", "image_prob"])
 def test_a_cell_that_vanishes_at_score_size_is_still_in_the_submission(tmp_path, conf_how):
     scores = _by_cell(score_image(_job(tmp_path, conf_how)))
     assert sorted(scores) == [1, 2, 3]
+
+
+def test_shrink_mask_puts_a_lost_cell_back_at_its_centre():
+    cell_mask, _ = _masks()
+    small = shrink_mask(cell_mask, (SCORE, SCORE))
+    assert np.argwhere(small == 3).tolist() == [[0, 0]]  # rows/columns 1-2 of 512 px: pixel 0 of 128
+    kept = small != 3
+    assert (small[kept] == cv2.resize(cell_mask, (SCORE, SCORE), interpolation=cv2.INTER_NEAREST)[kept]).all()
+
+
+def test_shrink_mask_changes_nothing_when_no_cell_is_lost():
+    mask = np.zeros((64, 64), np.uint16)
+    mask[8:40, 8:40] = 1
+    mask[40:60, 10:50] = 2
+    assert (shrink_mask(mask, (16, 16)) == cv2.resize(mask, (16, 16), interpolation=cv2.INTER_NEAREST)).all()

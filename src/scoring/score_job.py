@@ -28,6 +28,30 @@ def init_scorer() -> None:
     cv2.setNumThreads(1)
 
 
+def shrink_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An (H, W) instance mask at ``shape`` (h, w), nearest neighbour, without losing an instance.
+
+    A cell smaller than the shrink factor can fall between the sampled pixels and vanish; each such instance is
+    put back as one pixel at its centre (taking that pixel from whatever covered it), so it is still scored,
+    from the maps and the protein channel at its centre, and still encoded at full size in the submission.
+    """
+    h, w = shape
+    small = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    if small.shape == mask.shape:
+        return small
+    lost = np.setdiff1d(np.unique(mask), np.unique(small))
+    lost = lost[lost > 0]
+    if lost.size:
+        rows, cols = np.nonzero(np.isin(mask, lost))
+        labels = mask[rows, cols]
+        for label in lost:
+            where = labels == label
+            y = min(h - 1, int((rows[where].mean() + 0.5) * h / mask.shape[0]))
+            x = min(w - 1, int((cols[where].mean() + 0.5) * w / mask.shape[1]))
+            small[y, x] = label
+    return small
+
+
 def score_image_cells(
     probs: np.ndarray,
     maps: np.ndarray | None,
@@ -42,7 +66,8 @@ def score_image_cells(
         probs: (19,) image probabilities.
         maps: (19, h', w') class maps at any size (bilinearly resized to the score size), or None for
             ``conf_how`` 'image_prob'.
-        nuclei_mask, cell_mask: (H, W) uint16 instance masks at full size (nearest-neighbour shrunk).
+        nuclei_mask, cell_mask: (H, W) uint16 instance masks at full size (shrunk by :func:`shrink_mask`, so no
+            cell is lost).
         green: (h, w) protein channel at the score size.
         config: scoring settings; ``config.conf_how`` picks the branch.
 
@@ -50,10 +75,10 @@ def score_image_cells(
         cell id -> class -> confidence.
     """
     h, w = green.shape
-    cell_small = cv2.resize(cell_mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    cell_small = shrink_mask(cell_mask, (h, w))
     if config.conf_how == IMAGE_PROB:
         return image_prob_scores(probs, cell_small, green, config)
-    nuclei_small = cv2.resize(nuclei_mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    nuclei_small = shrink_mask(nuclei_mask, (h, w))
     cams = maps.astype(np.float32).transpose(1, 2, 0)  # (h', w', 19): cv2 resizes all maps at once
     cams = cv2.resize(cams, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1).transpose(2, 0, 1)
     if config.conf_how == CELL_LOGIT:
@@ -63,7 +88,15 @@ def score_image_cells(
 
 def score_image(job: dict[str, Any]) -> dict[str, Any]:
     """Worker: a submission row of one image from its job (``id``, ``height``, ``width``, ``probs``, ``cams``,
-    ``nuclei_mask``, ``cell_mask``, ``green``, ``score_config``)."""
+    ``nuclei_mask``, ``cell_mask``, ``green``, ``score_config``).
+
+    Raises:
+        ValueError: masks of another size than the image.
+    """
+    if job["cell_mask"].shape != (job["height"], job["width"]):
+        raise ValueError(
+            f"image {job['id']}: cached masks are {job['cell_mask'].shape}, image is {(job['height'], job['width'])}"
+        )
     scores = score_image_cells(
         job["probs"], job["cams"], job["nuclei_mask"], job["cell_mask"], job["green"], job["score_config"]
     )
