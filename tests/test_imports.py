@@ -26,6 +26,7 @@ LAYERS = (
     "sccam",
     "training",
     "cam",
+    "image_labels",
     "viz",
 )
 
