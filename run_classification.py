@@ -19,7 +19,7 @@ from src.models.unet import DECODER_CHANNELS
 from src.training.augment import AUG_MODES
 from src.training.datamodule import CACHE_FORMATS, EXT_DATA_MODES
 from src.training.lit_model import OPTIM_NAMES
-from src.training.run import PRECISIONS, train
+from src.training.run import MONITORS, PRECISIONS, train
 
 
 def _batches(text: str) -> int | float:
@@ -120,6 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     trainer.add_argument("--limit_train_batches", type=_batches, default=1.0)
     trainer.add_argument("--limit_val_batches", type=_batches, default=1.0)
     trainer.add_argument("--log_every_n_steps", type=int, default=10)
+    trainer.add_argument(
+        "--monitor", default="val/loss", choices=sorted(MONITORS), help="metric of the kept best checkpoint"
+    )
     return parser.parse_args(argv)
 
 

@@ -278,3 +278,14 @@ def test_ddp_on_two_cpu_processes_writes_one_checkpoint_set(kaggle_data, tmp_pat
     assert [v.name for v in versions] == ["version_0"]
     assert sorted(p.name for p in (versions[0] / "checkpoints").iterdir()) == ["epoch-0-step-2.ckpt", "last.ckpt"]
     assert len(list(tmp_path.rglob("hparams.yaml"))) == 1
+
+
+@pytest.mark.parametrize(("monitor", "mode"), [("val/loss", "min"), ("val/F1", "max")])
+def test_monitor_chooses_the_kept_checkpoints_metric(tmp_path, monitor, mode):
+    from src.training.run import build_trainer
+
+    args = run_classification.parse_args(
+        ["--data_dir", str(tmp_path), "--default_root_dir", str(tmp_path), "--accelerator", "cpu", "--monitor", monitor]
+    )
+    _, checkpoint, _ = build_trainer(args)
+    assert (checkpoint.monitor, checkpoint.mode) == (monitor, mode)

@@ -203,12 +203,17 @@ def build_datamodule(
     return datamodule
 
 
+MONITORS = {"val/loss": "min", "val/mAP": "max", "val/F1": "max"}  # --monitor: the kept checkpoint's metric
+
+
 def build_trainer(args: argparse.Namespace) -> tuple[pl.Trainer, ModelCheckpoint, TensorBoardLogger]:
-    """Lightning trainer with TensorBoard logging and the best (val/loss) and last checkpoints."""
+    """Lightning trainer with TensorBoard logging and the best (by ``args.monitor``) and last checkpoints."""
+    if args.monitor not in MONITORS:
+        raise ValueError(f"--monitor must be one of {sorted(MONITORS)}, got {args.monitor!r}")
     logger = TensorBoardLogger(save_dir=args.default_root_dir, name="lightning_logs", default_hp_metric=False)
     checkpoint = ModelCheckpoint(
-        monitor="val/loss",
-        mode="min",
+        monitor=args.monitor,
+        mode=MONITORS[args.monitor],
         save_last=True,
         filename="epoch-{epoch}-step-{step}",
         auto_insert_metric_name=False,
@@ -258,7 +263,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
     run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=run.resume_path)
     metrics = {k: round(float(v), 4) for k, v in run.trainer.callback_metrics.items() if k.startswith("val/")}
     say(f"log dir: {run.logger.log_dir}")
-    say(f"best checkpoint (val/loss): {run.checkpoint.best_model_path}")
+    say(f"best checkpoint ({args.monitor}): {run.checkpoint.best_model_path}")
     say(f"last checkpoint: {run.checkpoint.last_model_path}")
     say(f"final validation: {metrics}")
     return run
