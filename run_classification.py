@@ -18,7 +18,7 @@ from src.models.losses import LOSS_NAMES
 from src.models.unet import DECODER_CHANNELS
 from src.training.augment import AUG_MODES
 from src.training.datamodule import CACHE_FORMATS, EXT_DATA_MODES
-from src.training.lit_model import OPTIM_NAMES
+from src.training.lit_model import OPTIM_NAMES, SCHEDULERS
 from src.training.run import MONITORS, PRECISIONS, train
 
 
@@ -100,8 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--lr", type=float, default=0.1)
     optim.add_argument("--weight_decay", type=float, default=4e-5)
     optim.add_argument(
-        "--warmup_ratio", type=float, default=0.1, help="linear warm-up share of all steps, then cosine to 0"
+        "--warmup_ratio", type=float, default=0.1, help="share of all steps rising to --lr (warm-up / one-cycle rise)"
     )
+    optim.add_argument(
+        "--scheduler", choices=SCHEDULERS, default="cosine",
+        help="cosine: linear warm-up then cosine to 0; onecycle: the one-cycle policy (OneCycleLR, peak --lr)",
+    )  # fmt: skip
     optim.add_argument("--max_epochs", type=int, default=10)
     optim.add_argument("--seed", type=int, default=0)
 

@@ -289,3 +289,19 @@ def test_monitor_chooses_the_kept_checkpoints_metric(tmp_path, monitor, mode):
     )
     _, checkpoint, _ = build_trainer(args)
     assert (checkpoint.monitor, checkpoint.mode) == (monitor, mode)
+
+
+def test_onecycle_schedule_peaks_at_lr_after_the_rise_and_anneals():
+    from src.training.lit_model import build_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    scheduler = build_scheduler("onecycle", optimizer, total_steps=100, warmup_ratio=0.3)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert int(np.argmax(lrs)) == pytest.approx(29, abs=1) and max(lrs) == pytest.approx(0.1, rel=1e-3)
+    assert lrs[0] < 0.01 and lrs[-1] < 1e-4
+    with pytest.raises(ValueError, match="--scheduler must be one of"):
+        build_scheduler("step", optimizer, 100)
