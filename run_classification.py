@@ -106,6 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scheduler", choices=SCHEDULERS, default="cosine",
         help="cosine: linear warm-up then cosine to 0; onecycle: the one-cycle policy (OneCycleLR, peak --lr)",
     )  # fmt: skip
+    optim.add_argument(
+        "--lr_find", action="store_true",
+        help="only run the learning-rate range test: {default_root_dir}/lr_find.png and .json, suggestion printed",
+    )  # fmt: skip
+    optim.add_argument("--lr_find_steps", type=int, default=100, help="steps of the range test")
     optim.add_argument("--max_epochs", type=int, default=10)
     optim.add_argument("--seed", type=int, default=0)
 

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 import warnings
@@ -305,3 +306,15 @@ def test_onecycle_schedule_peaks_at_lr_after_the_rise_and_anneals():
     assert lrs[0] < 0.01 and lrs[-1] < 1e-4
     with pytest.raises(ValueError, match="--scheduler must be one of"):
         build_scheduler("step", optimizer, 100)
+
+
+@pytest.mark.slow
+def test_lr_find_saves_the_curve_and_prints_a_usable_suggestion(tiny_synthetic, tmp_path):
+    result = run_script(
+        "run_classification.py", "--data_dir", str(tiny_synthetic), "--timm_model_name", "test_resnet",
+        "--input_size", "64", "--cache_size", "128", "--batch_size", "4", "--num_workers", "0", "--accelerator", "cpu",
+        "--default_root_dir", str(tmp_path), "--lr_find", "--lr_find_steps", "30",
+    )  # fmt: skip
+    suggestion = float(result.stdout.split("suggested --lr ")[1].split()[0])
+    assert suggestion > 0 and (tmp_path / "lr_find.png").is_file()
+    assert len(json.loads((tmp_path / "lr_find.json").read_text())["lr"]) == 30

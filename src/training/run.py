@@ -258,8 +258,15 @@ def build_run(args: argparse.Namespace) -> TrainingRun:
 
 
 def train(args: argparse.Namespace) -> TrainingRun:
-    """Build the run, fit it (resuming ``--ckpt_path`` of the same round) and print where everything went."""
+    """Build the run, fit it (resuming ``--ckpt_path`` of the same round) and print where everything went;
+    with ``--lr_find`` only run the learning-rate range test and print its suggestion."""
     run = build_run(args)
+    if args.lr_find:
+        from src.training.lr_find import find_lr
+
+        suggestion = find_lr(run, args.default_root_dir, args.lr_find_steps)
+        say(f"lr_find: suggested --lr {suggestion:.3g} (curve: {Path(args.default_root_dir) / 'lr_find.png'})")
+        return run
     run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=run.resume_path)
     metrics = {k: round(float(v), 4) for k, v in run.trainer.callback_metrics.items() if k.startswith("val/")}
     say(f"log dir: {run.logger.log_dir}")
