@@ -318,3 +318,13 @@ def test_lr_find_saves_the_curve_and_prints_a_usable_suggestion(tiny_synthetic, 
     suggestion = float(result.stdout.split("suggested --lr ")[1].split()[0])
     assert suggestion > 0 and (tmp_path / "lr_find.png").is_file()
     assert len(json.loads((tmp_path / "lr_find.json").read_text())["lr"]) == 30
+
+
+def test_aug_mode_3_adds_an_elastic_deformation_and_keeps_the_shapes():
+    from src.training.augment import build_transforms
+
+    transform = build_transforms(3, 64, train=True)
+    assert "ElasticTransform" in [type(t).__name__ for t in transform.transforms]
+    image = np.random.default_rng(0).integers(0, 255, (80, 80, 4), dtype=np.uint8)
+    out = transform(image=image, mask=np.zeros((80, 80), dtype=np.uint8))
+    assert out["image"].shape == (64, 64, 4) and out["mask"].shape == (64, 64)
