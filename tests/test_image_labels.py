@@ -83,3 +83,33 @@ def test_predict_image_labels_fits_on_a_fold_and_labels_the_test_split(tiny_synt
     assert json.loads(thresholds.read_text())["fold"] == 0
     assert (tmp_path / "out" / "labels_at_0.5.csv").read_text().startswith("ID,Label")
     assert (tmp_path / "out" / "labels_fitted.csv").is_file()
+
+
+def test_an_ensemble_refuses_a_single_fit_fold(tmp_path):
+    import predict_image_labels
+
+    args = predict_image_labels.parse_args(
+        ["--data_dir", str(tmp_path), "--ckpt", "a.ckpt", "b.ckpt", "--fit_fold", "0", "--out_dir", str(tmp_path)]
+    )
+    with pytest.raises(ValueError, match="needs --fit_oof"):
+        predict_image_labels.main(args)
+
+
+@pytest.mark.slow
+def test_train_kfold_trains_each_fold_and_fits_thresholds_out_of_fold(tiny_synthetic, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHON": sys.executable, "DATA_DIR": str(tiny_synthetic), "OUT_DIR": str(tmp_path), "K": "2"}
+    result = subprocess.run(
+        ["bash", "scripts/train_kfold.sh", "--timm_model_name", "test_resnet", "--input_size", "64", "--cache_size",
+         "128", "--batch_size", "8", "--num_workers", "0", "--max_epochs", "1", "--accelerator", "cpu"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "thresholds_none.json").read_text())
+    assert record["fold"] == "out-of-fold" and record["num_images"] == 24 and len(record["checkpoint"]) == 2
+    assert json.loads((tmp_path / "image_labels_none" / "metrics.json").read_text())["images"] == 6

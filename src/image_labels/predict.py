@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,14 @@ import torch
 
 from src.data.atomic import write_csv_atomic
 from src.data.classes import NUM_CLASSES
+from src.data.folds import N_FOLDS
 from src.data.io import labels_to_multihot, read_labels, read_rgby
+from src.data.splits import split_image_ids
 from src.image_labels.tta import tta_image_probs
 from src.metrics.truth import load_truth
 from src.models.factory import is_segmentation_run
 from src.models.preprocess import normalize_images
-from src.training.checkpoints import load_trained_pl_model
+from src.training.checkpoints import load_trained_pl_model, read_checkpoint_hparams
 from src.training.lit_model import LitModel
 
 logger = logging.getLogger(__name__)
@@ -77,3 +80,38 @@ def write_labels_csv(path: str | os.PathLike, ids: list[str], probs: np.ndarray,
     with no class at or above its threshold gets an empty label (as the macro F1 counts it)."""
     labels = [" ".join(str(int(c)) for c in np.flatnonzero(row >= thresholds)) for row in probs]
     write_csv_atomic(path, pd.DataFrame({"ID": ids, "Label": labels}))
+
+
+def predict_ensemble_probs(checkpoint_paths: Sequence[str | os.PathLike], *args, **kwargs) -> np.ndarray:
+    """(N, 19) mean of :func:`predict_split_probs` over the checkpoints (the K fold models), same arguments."""
+    return np.mean([predict_split_probs(path, *args, **kwargs) for path in checkpoint_paths], axis=0)
+
+
+def out_of_fold_probs(
+    checkpoint_paths: Sequence[str | os.PathLike],
+    data_dir: str | os.PathLike,
+    tta: str,
+    crop_fraction: float = 0.75,
+    batch_size: int = 16,
+) -> tuple[list[str], np.ndarray]:
+    """Out-of-fold image probabilities: each fold model predicts the training fold it was validated on.
+
+    Returns:
+        (IDs, (N, 19) probabilities), the folds one after another.
+
+    Raises:
+        ValueError: two checkpoints of one validation fold, or a run of another fold count.
+    """
+    folds = {}
+    for path in checkpoint_paths:
+        hparams = read_checkpoint_hparams(path)
+        fold, n_splits = int(hparams.get("val_fold", 0)), int(hparams.get("n_splits", N_FOLDS))
+        if fold in folds:
+            raise ValueError(f"{path}: validation fold {fold} is also that of {folds[fold][0]}")
+        folds[fold] = (path, n_splits)
+    ids, probs = [], []
+    for fold, (path, n_splits) in sorted(folds.items()):
+        fold_ids = split_image_ids(data_dir, "train", fold, n_splits)
+        ids += fold_ids
+        probs.append(predict_split_probs(path, data_dir, "train", fold_ids, tta, crop_fraction, batch_size))
+    return ids, np.concatenate(probs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +26,31 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def checkpoints_sha256(checkpoint_paths: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
+    """SHA-256 of one checkpoint, or of the list of an ensemble's checkpoints' hashes (order matters)."""
+    if isinstance(checkpoint_paths, (str, os.PathLike)):
+        return file_sha256(checkpoint_paths)
+    return hashlib.sha256(":".join(file_sha256(p) for p in checkpoint_paths).encode()).hexdigest()
+
+
 def default_thresholds_path(checkpoint_path: str | os.PathLike, tta: str) -> Path:
     """``{checkpoint}.thresholds_{tta}.json`` beside the checkpoint."""
     return Path(f"{checkpoint_path}.thresholds_{tta}.json")
 
 
 def save_thresholds(
-    path: str | os.PathLike, thresholds: np.ndarray, checkpoint_path: str | os.PathLike, **fitted_on: Any
+    path: str | os.PathLike,
+    thresholds: np.ndarray,
+    checkpoint_path: str | os.PathLike | Sequence[str | os.PathLike],
+    **fitted_on: Any,
 ) -> None:
-    """Write (C,) thresholds with the checkpoint's hash and how they were fitted (``fitted_on``: tta, fold...)."""
+    """Write (C,) thresholds with the checkpoint's (or ensemble's) hash and how they were fitted (``fitted_on``)."""
     record = {
         "num_classes": int(len(thresholds)),
-        "checkpoint": str(checkpoint_path),
-        "checkpoint_sha256": file_sha256(checkpoint_path),
+        "checkpoint": str(checkpoint_path)
+        if isinstance(checkpoint_path, (str, os.PathLike))
+        else [str(p) for p in checkpoint_path],
+        "checkpoint_sha256": checkpoints_sha256(checkpoint_path),
         "thresholds": [round(float(t), 4) for t in thresholds],
         **fitted_on,
     }
@@ -45,7 +58,9 @@ def save_thresholds(
 
 
 def load_thresholds(
-    path: str | os.PathLike, checkpoint_path: str | os.PathLike, num_classes: int = NUM_CLASSES
+    path: str | os.PathLike,
+    checkpoint_path: str | os.PathLike | Sequence[str | os.PathLike],
+    num_classes: int = NUM_CLASSES,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """(C,) thresholds and their record; refused (ValueError naming the file) when fitted for another class
     count or another checkpoint."""
@@ -59,7 +74,7 @@ def load_thresholds(
         raise ValueError(f"{path}: not a thresholds file ({error})") from None
     if thresholds.shape != (num_classes,) or record.get("num_classes") != num_classes:
         raise ValueError(f"{path}: thresholds for {len(thresholds)} classes, this model has {num_classes}")
-    sha = file_sha256(checkpoint_path)
+    sha = checkpoints_sha256(checkpoint_path)
     if record.get("checkpoint_sha256") != sha:
         raise ValueError(
             f"{path}: thresholds were fitted for checkpoint {record.get('checkpoint')!r}, "
