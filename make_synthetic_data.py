@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from src.synthetic import SyntheticConfig, write_dataset
+from src.synthetic.duplicates import plant_near_duplicates
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,6 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     io.add_argument("--size", type=int, default=512, help="image side in px (cells scale with it)")
     io.add_argument("--seed", type=int, default=0, help="dataset seed")
     io.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (output does not depend on it)")
+    io.add_argument(
+        "--num_duplicates", type=int, default=0,
+        help="plant re-noised copies of this many training images ({id}-dup, for find_duplicates.py)",
+    )  # fmt: skip
     knobs = parser.add_argument_group("difficulty")
     knobs.add_argument("--min_cells", type=int, default=defaults.min_cells)
     knobs.add_argument("--max_cells", type=int, default=defaults.max_cells)
@@ -77,6 +82,8 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit(f"make_synthetic_data.py: invalid argument: {error}") from None
     start = time.perf_counter()
     write_dataset(args.out, args.num_train, args.num_test, args.size, args.seed, config, args.workers)
+    if args.num_duplicates:
+        plant_near_duplicates(args.out, args.num_duplicates, args.seed)
     print(f"synthetic benchmark in {args.out}: {args.num_train} train + {args.num_test} test images "
           f"of {args.size} px ({time.perf_counter() - start:.1f} s)")  # fmt: skip
 

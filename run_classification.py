@@ -18,8 +18,8 @@ from src.models.losses import LOSS_NAMES
 from src.models.unet import DECODER_CHANNELS
 from src.training.augment import AUG_MODES
 from src.training.datamodule import CACHE_FORMATS, EXT_DATA_MODES
-from src.training.lit_model import OPTIM_NAMES
-from src.training.run import PRECISIONS, train
+from src.training.lit_model import OPTIM_NAMES, SCHEDULERS
+from src.training.run import MONITORS, PRECISIONS, train
 
 
 def _batches(text: str) -> int | float:
@@ -100,8 +100,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--lr", type=float, default=0.1)
     optim.add_argument("--weight_decay", type=float, default=4e-5)
     optim.add_argument(
-        "--warmup_ratio", type=float, default=0.1, help="linear warm-up share of all steps, then cosine to 0"
+        "--warmup_ratio", type=float, default=0.1, help="share of all steps rising to --lr (warm-up / one-cycle rise)"
     )
+    optim.add_argument(
+        "--scheduler", choices=SCHEDULERS, default="cosine",
+        help="cosine: linear warm-up then cosine to 0; onecycle: the one-cycle policy (OneCycleLR, peak --lr)",
+    )  # fmt: skip
+    optim.add_argument(
+        "--lr_find", action="store_true",
+        help="only run the learning-rate range test: {default_root_dir}/lr_find.png and .json, suggestion printed",
+    )  # fmt: skip
+    optim.add_argument("--lr_find_steps", type=int, default=100, help="steps of the range test")
     optim.add_argument("--max_epochs", type=int, default=10)
     optim.add_argument("--seed", type=int, default=0)
 
@@ -120,6 +129,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     trainer.add_argument("--limit_train_batches", type=_batches, default=1.0)
     trainer.add_argument("--limit_val_batches", type=_batches, default=1.0)
     trainer.add_argument("--log_every_n_steps", type=int, default=10)
+    trainer.add_argument(
+        "--monitor", default="val/loss", choices=sorted(MONITORS), help="metric of the kept best checkpoint"
+    )
     return parser.parse_args(argv)
 
 

@@ -27,6 +27,7 @@ LAYERS = (
     "sccam",
     "training",
     "cam",
+    "image_labels",
     "viz",
 )
 

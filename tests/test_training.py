@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 import warnings
@@ -286,3 +287,52 @@ def test_ddp_on_two_cpu_processes_writes_one_checkpoint_set(kaggle_data, tmp_pat
     assert [v.name for v in versions] == ["version_0"]
     assert sorted(p.name for p in (versions[0] / "checkpoints").iterdir()) == ["epoch-0-step-2.ckpt", "last.ckpt"]
     assert len(list(tmp_path.rglob("hparams.yaml"))) == 1
+
+
+@pytest.mark.parametrize(("monitor", "mode"), [("val/loss", "min"), ("val/F1", "max")])
+def test_monitor_chooses_the_kept_checkpoints_metric(tmp_path, monitor, mode):
+    from src.training.run import build_trainer
+
+    args = run_classification.parse_args(
+        ["--data_dir", str(tmp_path), "--default_root_dir", str(tmp_path), "--accelerator", "cpu", "--monitor", monitor]
+    )
+    _, checkpoint, _ = build_trainer(args)
+    assert (checkpoint.monitor, checkpoint.mode) == (monitor, mode)
+
+
+def test_onecycle_schedule_peaks_at_lr_after_the_rise_and_anneals():
+    from src.training.lit_model import build_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    scheduler = build_scheduler("onecycle", optimizer, total_steps=100, warmup_ratio=0.3)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert int(np.argmax(lrs)) == pytest.approx(29, abs=1) and max(lrs) == pytest.approx(0.1, rel=1e-3)
+    assert lrs[0] < 0.01 and lrs[-1] < 1e-4
+    with pytest.raises(ValueError, match="--scheduler must be one of"):
+        build_scheduler("step", optimizer, 100)
+
+
+@pytest.mark.slow
+def test_lr_find_saves_the_curve_and_prints_a_usable_suggestion(tiny_synthetic, tmp_path):
+    result = run_script(
+        "run_classification.py", "--data_dir", str(tiny_synthetic), "--timm_model_name", "test_resnet",
+        "--input_size", "64", "--cache_size", "128", "--batch_size", "4", "--num_workers", "0", "--accelerator", "cpu",
+        "--default_root_dir", str(tmp_path), "--lr_find", "--lr_find_steps", "30",
+    )  # fmt: skip
+    suggestion = float(result.stdout.split("suggested --lr ")[1].split()[0])
+    assert suggestion > 0 and (tmp_path / "lr_find.png").is_file()
+    assert len(json.loads((tmp_path / "lr_find.json").read_text())["lr"]) == 30
+
+
+def test_aug_mode_3_adds_an_elastic_deformation_and_keeps_the_shapes():
+    from src.training.augment import build_transforms
+
+    transform = build_transforms(3, 64, train=True)
+    assert "ElasticTransform" in [type(t).__name__ for t in transform.transforms]
+    image = np.random.default_rng(0).integers(0, 255, (80, 80, 4), dtype=np.uint8)
+    out = transform(image=image, mask=np.zeros((80, 80), dtype=np.uint8))
+    assert out["image"].shape == (64, 64, 4) and out["mask"].shape == (64, 64)

@@ -2,7 +2,9 @@
 
 Classifiers give sigmoid probabilities and CAMs (the 19-class 1x1 head applied to the feature map, from the
 model's ``forward_features`` + ``logit_map`` seam); ``--cam_method gradcam`` weights the feature map of a chosen
-layer by the gradient of each class logit instead (Grad-CAM).
+layer by the gradient of each class logit instead (Grad-CAM); ``multigradcam`` (``multigradcam_product``) combines
+the Grad-CAMs of several layers (``gradcam_layer``: comma-separated names, '' = one per backbone stage) by their mean
+(geometric mean), MICRA-Net style (:mod:`src.cam.multilayer_gradcam`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.cam.map_source import CheckpointSpec, MapSource, check_map_kind
+from src.cam.multilayer_gradcam import default_gradcam_layers, multilayer_gradcam
 from src.data.classes import NUM_CLASSES
 from src.models.factory import is_segmentation_run
 
-CAM_METHODS = ("cam", "gradcam")
+CAM_METHODS = ("cam", "gradcam", "multigradcam", "multigradcam_product")
+MULTI_LAYER_COMBINE = {"multigradcam": "sum", "multigradcam_product": "product"}
 
 
 class ClassifierSource(MapSource):
@@ -26,8 +30,9 @@ class ClassifierSource(MapSource):
     Args:
         spec: the ``ckpt_paths`` entry.
         device: torch device.
-        cam_method: 'cam' or 'gradcam'.
-        gradcam_layer: dotted module name inside the network for Grad-CAM ('' = the backbone's output).
+        cam_method: one of :data:`CAM_METHODS`.
+        gradcam_layer: dotted module name inside the network for Grad-CAM ('' = the backbone's output); for the
+            multi-layer methods comma-separated names ('' = one per backbone stage).
     """
 
     def __init__(self, spec: CheckpointSpec, device: torch.device, cam_method: str = "cam", gradcam_layer: str = ""):
@@ -36,6 +41,10 @@ class ClassifierSource(MapSource):
         super().__init__(spec, device)
         self.cam_method = cam_method
         self.gradcam_module = self._find_layer(gradcam_layer) if cam_method == "gradcam" else None
+        self.gradcam_modules: list[nn.Module] = []
+        if cam_method in MULTI_LAYER_COMBINE:
+            names = [n.strip() for n in gradcam_layer.split(",") if n.strip()] or default_gradcam_layers(self.network)
+            self.gradcam_modules = [self._find_layer(name) for name in names]
 
     def check_run(self, spec: CheckpointSpec, hparams: dict[str, Any]) -> None:
         num_classes = int(hparams.get("num_classes", NUM_CLASSES))
@@ -58,7 +67,10 @@ class ClassifierSource(MapSource):
         modules = dict(self.network.named_modules())
         if name not in modules:
             close = [n for n in modules if n.endswith(name.split(".")[-1])][:8]
-            raise ValueError(f"{self.spec.path}: no layer {name!r} for Grad-CAM; layers like it: {close}")
+            stages = default_gradcam_layers(self.network) if hasattr(self.network, "backbone") else []
+            raise ValueError(
+                f"{self.spec.path}: no layer {name!r} for Grad-CAM; layers like it: {close}; backbone stages: {stages}"
+            )
         return modules[name]
 
     def rescale(self, images: torch.Tensor, scale: float) -> torch.Tensor:
@@ -75,6 +87,8 @@ class ClassifierSource(MapSource):
                 logits = self.network.head(features)["logits"]
                 maps = self.network.logit_map(features)
             return torch.sigmoid(logits.float()), maps.float()
+        if self.cam_method in MULTI_LAYER_COMBINE:
+            return multilayer_gradcam(self.network, images, self.gradcam_modules, MULTI_LAYER_COMBINE[self.cam_method])
         return self._gradcam(images)
 
     def _gradcam(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

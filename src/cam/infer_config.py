@@ -36,8 +36,14 @@ class InferConfig:
     stage: str = _option(meaning="test: p = predicted image probability; gen_pseudo: p = the image's true label")
     ckpt_paths: list = _option(meaning="[[how_join (both|cam|pred), weight, checkpoint], ...]")
     fold: int = _option(-1, "with split train: only this fold of the checkpoints' training folds (-1 = all)")
-    cam_method: str = _option("cam", "cam: the 1x1 head on the features; gradcam: gradient-weighted at gradcam_layer")
-    gradcam_layer: str = _option("", "module name inside the network ('' = backbone output), gradcam only")
+    cam_method: str = _option(
+        "cam",
+        "cam: the 1x1 head on the features; gradcam: gradient-weighted at gradcam_layer; multigradcam "
+        "(multigradcam_product): Grad-CAMs of several layers combined by their mean (geometric mean), MICRA-Net style",
+    )
+    gradcam_layer: str = _option(
+        "", "module name inside the network ('' = backbone output); multigradcam: comma-separated ('' = each stage)"
+    )
     mask_backend: str = _option("classical", "classical | hpacellseg | precomputed (see make_cell_masks.py)")
     mask_dir: str = _option("", "folder of the mask cache ({mask_dir}/{ID}.npz, computed when missing)")
     mask_params: dict = _option(meaning="backend parameters, e.g. {nuclei_model: ..., cell_model: ...}", factory=dict)

@@ -21,6 +21,7 @@ from src.data.classes import NUM_CLASSES
 from src.models.preprocess import normalize_images
 from src.training.checkpoints import load_trained_pl_model
 from src.training.lit_model import LitModel
+from src.training.model_zoo import resolve_zoo_member
 
 HOW_JOINS = ("both", "cam", "pred")
 MAP_KINDS = ("cam", "logit")  # cam: ReLU'd and divided by each map's maximum; logit: signed, as the head gives it
@@ -47,9 +48,10 @@ class CheckpointSpec:
             raise ValueError(f"ckpt_paths[{index}]: weight {weight!r} is not a number") from None
         if weight <= 0:
             raise ValueError(f"ckpt_paths[{index}]: weight must be > 0, got {weight}")
-        if not os.path.isfile(str(path)):
+        path = resolve_zoo_member(str(path))  # ZOO.safetensors#member: unpacked once, then an ordinary checkpoint
+        if not os.path.isfile(path):
             raise FileNotFoundError(f"ckpt_paths[{index}]: checkpoint not found: {path}")
-        return cls(how_join, weight, str(path))
+        return cls(how_join, weight, path)
 
 
 def tta_views(flips: bool) -> list[tuple[int, ...]]:

@@ -11,6 +11,7 @@ AUG_MODES = {
     0: "resize only",
     1: "flips, rotate90, random resized crop (scale 0.5-1), brightness/contrast",
     2: "flips, rotate90",
+    3: "mode 1 plus elastic deformation (Atlas 2018)",
 }
 
 
@@ -38,11 +39,13 @@ def build_transforms(aug_mode: int, input_size: int, train: bool, crop_size: int
         return A.Compose([resize, *crop])
     if aug_mode == 2:
         return A.Compose([resize, *crop, *geometric])
+    elastic = [A.ElasticTransform(alpha=input_size / 8, sigma=input_size / 32, p=0.5)] if aug_mode == 3 else []
     return A.Compose(
         [
             A.RandomResizedCrop(size=(input_size, input_size), scale=(0.5, 1.0), ratio=(0.8, 1.25), p=1.0),
             *crop,
             *geometric,
+            *elastic,
             A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
         ]
     )

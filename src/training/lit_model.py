@@ -57,6 +57,31 @@ def warmup_cosine(step: int, total_steps: int, warmup_ratio: float = 0.1) -> flo
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+SCHEDULERS = ("cosine", "onecycle")  # --scheduler: warm-up + cosine, or the one-cycle policy (Atlas 2018)
+
+
+def build_scheduler(
+    name: str, optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.1
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-step learning-rate schedule around the optimiser's ``lr``.
+
+    Args:
+        name: 'cosine' (linear warm-up over ``warmup_ratio`` of the steps, then cosine to 0) or 'onecycle'
+            (``OneCycleLR``: up to ``lr`` over ``warmup_ratio`` of the steps, then annealed far below it, with
+            momentum cycled the other way).
+        optimizer: its ``lr`` is the peak.
+        total_steps: optimiser steps of the whole run.
+        warmup_ratio: share of the steps rising to the peak.
+    """
+    if name == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps, warmup_ratio))
+    if name == "onecycle":
+        peak = [group["lr"] for group in optimizer.param_groups]
+        pct_start = min(max(warmup_ratio, 1e-3), 0.99)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps, pct_start=pct_start)
+    raise ValueError(f"--scheduler must be one of {SCHEDULERS}, got {name!r}")
+
+
 def validation_maps(logits: torch.Tensor, size: int = 64) -> torch.Tensor:
     """(N, 20, H, W) segmentation logits -> (N, 19, size, size) float16 maps, each class divided by its maximum."""
     maps = torch.nn.functional.interpolate(segmentation_maps(logits), size=(size, size), mode="bilinear")
@@ -169,7 +194,5 @@ class LitModel(pl.LightningModule):
             raise ValueError(f"--optim_name must be one of {OPTIM_NAMES}, got {name!r}")
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         warmup_ratio = float(self.hparams.get("warmup_ratio", 0.1))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, total_steps, warmup_ratio)
-        )
+        scheduler = build_scheduler(self.hparams.get("scheduler", "cosine"), optimizer, total_steps, warmup_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -203,12 +203,17 @@ def build_datamodule(
     return datamodule
 
 
+MONITORS = {"val/loss": "min", "val/mAP": "max", "val/F1": "max"}  # --monitor: the kept checkpoint's metric
+
+
 def build_trainer(args: argparse.Namespace) -> tuple[pl.Trainer, ModelCheckpoint, TensorBoardLogger]:
-    """Lightning trainer with TensorBoard logging and the best (val/loss) and last checkpoints."""
+    """Lightning trainer with TensorBoard logging and the best (by ``args.monitor``) and last checkpoints."""
+    if args.monitor not in MONITORS:
+        raise ValueError(f"--monitor must be one of {sorted(MONITORS)}, got {args.monitor!r}")
     logger = TensorBoardLogger(save_dir=args.default_root_dir, name="lightning_logs", default_hp_metric=False)
     checkpoint = ModelCheckpoint(
-        monitor="val/loss",
-        mode="min",
+        monitor=args.monitor,
+        mode=MONITORS[args.monitor],
         save_last=True,
         filename="epoch-{epoch}-step-{step}",
         auto_insert_metric_name=False,
@@ -253,12 +258,19 @@ def build_run(args: argparse.Namespace) -> TrainingRun:
 
 
 def train(args: argparse.Namespace) -> TrainingRun:
-    """Build the run, fit it (resuming ``--ckpt_path`` of the same round) and print where everything went."""
+    """Build the run, fit it (resuming ``--ckpt_path`` of the same round) and print where everything went;
+    with ``--lr_find`` only run the learning-rate range test and print its suggestion."""
     run = build_run(args)
+    if args.lr_find:
+        from src.training.lr_find import find_lr
+
+        suggestion = find_lr(run, args.default_root_dir, args.lr_find_steps)
+        say(f"lr_find: suggested --lr {suggestion:.3g} (curve: {Path(args.default_root_dir) / 'lr_find.png'})")
+        return run
     run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=run.resume_path)
     metrics = {k: round(float(v), 4) for k, v in run.trainer.callback_metrics.items() if k.startswith("val/")}
     say(f"log dir: {run.logger.log_dir}")
-    say(f"best checkpoint (val/loss): {run.checkpoint.best_model_path}")
+    say(f"best checkpoint ({args.monitor}): {run.checkpoint.best_model_path}")
     say(f"last checkpoint: {run.checkpoint.last_model_path}")
     say(f"final validation: {metrics}")
     return run
