@@ -30,6 +30,7 @@ from src.segm_labels.targets import SegmTargetReader
 from src.training.checkpoints import load_checkpoint_file, read_checkpoint_hparams
 from src.training.datamodule import HPADataModule
 from src.training.lit_model import LitModel
+from src.training.lr_find import find_lr
 
 PRECISIONS = {
     "16": "16-mixed",
@@ -262,8 +263,6 @@ def train(args: argparse.Namespace) -> TrainingRun:
     with ``--lr_find`` only run the learning-rate range test and print its suggestion."""
     run = build_run(args)
     if args.lr_find:
-        from src.training.lr_find import find_lr
-
         suggestion = find_lr(run, args.default_root_dir, args.lr_find_steps)
         say(f"lr_find: suggested --lr {suggestion:.3g} (curve: {Path(args.default_root_dir) / 'lr_find.png'})")
         return run
