@@ -4,6 +4,8 @@ Round 0:  python run_classification.py --data_dir data/synthetic --timm_model_na
 Round 1:  python run_classification.py ... --round_nb 1 --sub_label_dir save_uni [--ckpt_path ROUND0.ckpt]
 Stage 2:  python run_classification.py ... --segm_label_dir segm_labels --segm_thresh 0.225 [--segm_truth_dir DATA/truth]
           (a U-Net over the timm encoder --timm_model_name, trained on create_segm_labels.py's pseudo labels)
+Cells:    python run_classification.py ... --cell_crop_dir CROPS --cell_targets image [--segm_truth_dir DATA/truth]
+          (a classifier on extract_cell_crops.py's single-cell crops; --cell_targets pseudo --pseudo_csv, --mil_pool)
 
 Logs, checkpoints (best val loss and last) and hparams.yaml land in
 ``{default_root_dir}/lightning_logs/version_N/``.
@@ -37,6 +39,7 @@ from src.models.unet import (
 from src.sccam.sub_labels import read_sub_label_table
 from src.segm_labels.targets import SegmTargetReader
 from src.training.augment import AUG_MODES
+from src.training.cell_run import add_cell_arguments, run_cell_classification
 from src.training.checkpoints import read_checkpoint_hparams
 from src.training.datamodule import CACHE_FORMATS, EXT_DATA_MODES, HPADataModule
 from src.training.lit_model import OPTIM_NAMES, LitModel
@@ -127,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     segm.add_argument(
         "--segm_truth_dir", default=None, help="per-cell truth (e.g. DATA/truth): also report val/cell_mAP"
     )
+
+    add_cell_arguments(parser)  # cell stage: --cell_crop_dir, --cell_targets, --mil_pool ...
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--optim_name", choices=OPTIM_NAMES, default="sgd")
@@ -249,6 +254,9 @@ def check_segmentation_args(args: argparse.Namespace) -> SegmTargetReader | None
 
 def main(args: argparse.Namespace) -> None:
     resolve_trainer_args(args)
+    if args.cell_crop_dir:  # cell stage: a classifier on single-cell crops (src/training/cell_run.py)
+        run_cell_classification(args)
+        return
     check_model_name(args.timm_model_name)
     timm_kwargs = parse_timm_kwargs(args.timm_kwargs)
     args.timm_kwargs = json.dumps(timm_kwargs, sort_keys=True)
