@@ -22,7 +22,7 @@ from src.models.preprocess import normalize_images
 from src.training.checkpoints import load_trained_pl_model
 from src.training.lit_model import LitModel
 
-HOW_JOINS = ("both", "cam", "pred")
+HOW_JOINS = ("both", "cam", "pred", "cell")  # cell: a cell classifier on crops (src/cam/cell_source.py)
 MAP_KINDS = ("cam", "logit")  # cam: ReLU'd and divided by each map's maximum; logit: signed, as the head gives it
 
 

@@ -24,15 +24,18 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from src.cam.cell_source import load_cell_sources, predict_cells
 from src.cam.classifier_source import CAM_METHODS
 from src.cam.map_source import CheckpointSpec
 from src.cam.sources import join_sources, load_sources
 from src.cell_masks.cache import MaskCache, shard_ids
+from src.crops.store import CropSpec, cut_image
 from src.data.atomic import write_text_atomic
 from src.data.classes import CHANNELS
 from src.data.folds import load_or_make_folds
 from src.data.io import channel_path, labels_to_multihot, read_labels, read_rgby, resize_image
 from src.scoring.cell_scores import CELL_LOGIT, CellScoreConfig
+from src.scoring.fusion import FusionConfig
 from src.scoring.score_job import init_scorer, score_image
 from src.submission.codec import SUBMISSION_COLUMNS, read_submission, write_submission
 
@@ -81,6 +84,7 @@ class InferConfig:
     device: str = "auto"
     num_shards: int = 1
     shard_index: int = 0
+    fusion: dict = field(default_factory=dict)  # cell-classifier fusion (src/scoring/fusion.py), with [cell, w, path]
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], source: str) -> InferConfig:
@@ -101,6 +105,7 @@ class InferConfig:
         if self.cam_method not in CAM_METHODS:
             raise ValueError(f"{source}: cam_method must be one of {CAM_METHODS}, got {self.cam_method!r}")
         self.score_config()  # validates conf_how and the scoring thresholds
+        FusionConfig.from_dict(self.fusion, f"{source}: fusion")
         if self.conf_how == CELL_LOGIT and self.cam_method != "cam":
             raise ValueError(
                 f"{source}: conf_how cell_logit reads the signed logit maps of cam_method 'cam', not gradcam"
@@ -187,10 +192,13 @@ class InferImages(Dataset):
     ``green`` (h, w) uint8 at score size, or ``error`` (a message) when the image failed.
     """
 
-    def __init__(self, ids: list[str], settings: InferConfig, input_sizes: list[int]):
+    def __init__(
+        self, ids: list[str], settings: InferConfig, input_sizes: list[int], crop_spec: CropSpec | None = None
+    ):
         self.ids = ids
         self.settings = settings
         self.input_sizes = sorted(set(input_sizes))
+        self.crop_spec = crop_spec  # cell sources: also cut every cell (``crops`` (K, S, S, C), ``cell_ids`` (K,))
         self._mask_cache: MaskCache | None = None
 
     def __len__(self) -> int:
@@ -203,10 +211,15 @@ class InferImages(Dataset):
             rgby = read_rgby(s.data_dir, image_id, s.split, ext=s.image_ext)
             if self._mask_cache is None:
                 self._mask_cache = MaskCache(s.mask_dir, s.mask_backend, s.mask_params)
-            self._mask_cache.get(image_id, lambda _id: rgby)
+            _, cell_mask = self._mask_cache.get(image_id, lambda _id: rgby)
             height, width = rgby.shape[:2]
             h, w = score_shape(height, width, s.score_size)
+            cells = {}
+            if self.crop_spec is not None:
+                cut, _ = cut_image(rgby, cell_mask, self.crop_spec)
+                cells = {"crops": cut.crops, "cell_ids": cut.cell_ids}
             return {
+                **cells,
                 "id": image_id,
                 "height": height,
                 "width": width,
@@ -301,6 +314,8 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
     ids = shard_ids(all_ids, settings.num_shards, settings.shard_index)
     check_images_exist(settings.data_dir, settings.split, ids, settings.image_ext)
     sources = load_sources(specs, device, settings.cam_method, settings.gradcam_layer)
+    cell_sources = load_cell_sources(specs, device)
+    fusion = FusionConfig.from_dict(settings.fusion, "fusion")
     if settings.stage == "test" and not any(s.how_join in ("both", "pred") for s in specs):
         raise ValueError("stage 'test' needs image probabilities: one ckpt_paths entry must join 'both' or 'pred'")
     MaskCache(settings.mask_dir, settings.mask_backend, settings.mask_params)  # manifest check before the run
@@ -314,7 +329,8 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
     todo = [i for i in ids if i not in partial.rows]
     failed: dict[str, str] = {}
     cam_size = (settings.cam_size, settings.cam_size)
-    dataset = InferImages(todo, settings, [s.input_size for s in sources])
+    crop_spec = cell_sources[0].crop_spec if cell_sources else None
+    dataset = InferImages(todo, settings, [s.input_size for s in sources], crop_spec)
     loader = DataLoader(
         dataset,
         batch_size=settings.batch_size,
@@ -375,6 +391,10 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
                         "conf_how": settings.conf_how,
                         "score_config": score_config,
                     }
+                    if cell_sources:  # fused in the scoring worker (src/scoring/fusion.py)
+                        job["cell_ids"] = item["cell_ids"]
+                        job["cell_probs"] = predict_cells(cell_sources, item["crops"], settings.tta_flips)
+                        job["fusion"] = fusion
                     pending[pool.submit(score_image, job)] = item["id"]
                 while len(pending) > 4 * workers:  # bound the images held in memory
                     wait(pending, return_when=FIRST_COMPLETED)

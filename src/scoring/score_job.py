@@ -12,6 +12,7 @@ import numpy as np
 
 from src.cell_masks.cache import mask_path, read_masks
 from src.scoring.cell_scores import CELL_LOGIT, IMAGE_PROB, cell_logit_scores, image_prob_scores, score_cells
+from src.scoring.fusion import fuse_cell_scores, refine_image_probs
 from src.submission.codec import cell_mask_predictions
 
 
@@ -32,6 +33,8 @@ def score_image(job: dict[str, Any]) -> dict[str, Any]:
     cell_small = cv2.resize(cell_mask, (w, h), interpolation=cv2.INTER_NEAREST)
     nuclei_small = cv2.resize(nuclei_mask, (w, h), interpolation=cv2.INTER_NEAREST)
     probs = job["probs"]
+    if "cell_probs" in job:  # a cell classifier in ckpt_paths: refine the image probabilities with its cells
+        probs = refine_image_probs(probs, job["cell_probs"], job["fusion"])
     if job["conf_how"] == IMAGE_PROB:
         scores = image_prob_scores(probs, cell_small, green, job["score_config"])
     else:
@@ -41,6 +44,8 @@ def score_image(job: dict[str, Any]) -> dict[str, Any]:
             scores = cell_logit_scores(probs, cams, cell_small, green, job["score_config"])
         else:
             scores = score_cells(probs, cams, cell_small, nuclei_small, green, job["score_config"])
+    if "cell_probs" in job:
+        scores = fuse_cell_scores(scores, job["cell_ids"], job["cell_probs"], job["fusion"])
     return {
         "ID": job["id"],
         "ImageWidth": job["width"],
