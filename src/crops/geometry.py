@@ -79,27 +79,32 @@ def extract_cell_crops(
         raise ValueError(f"--crop_size must be >= 1, got {crop_size}")
     height, width, in_chans = image.shape
     channels = crop_channels(crop_mask, in_chans)
-    slices = ndimage.find_objects(cell_mask.astype(np.int32, copy=False))
+    slices = ndimage.find_objects(cell_mask)
     cell_ids = np.array([i + 1 for i, s in enumerate(slices) if s is not None], dtype=np.int64)
     crops = np.zeros((len(cell_ids), crop_size, crop_size, channels), dtype=np.uint8)
     boxes = np.zeros((len(cell_ids), 4), dtype=np.int64)
     area = np.zeros(len(cell_ids), dtype=np.int64)
+    size = (crop_size, crop_size)
     for row, cell_id in enumerate(cell_ids):
         rows, cols = slices[cell_id - 1]
         boxes[row] = rows.start, cols.start, rows.stop, cols.stop
         y0, x0, side = square_box(tuple(boxes[row]), padding)
-        # the part of the square inside the image, and where it lands in the square
+        # the part of the square inside the image, and the zero border that completes it
         iy0, ix0, iy1, ix1 = max(y0, 0), max(x0, 0), min(y0 + side, height), min(x0 + side, width)
-        inside = cell_mask[iy0:iy1, ix0:ix1] == cell_id
-        area[row] = int(np.count_nonzero(cell_mask[rows, cols] == cell_id))
-        canvas = np.zeros((side, side, channels), dtype=np.uint8)
-        patch = image[iy0:iy1, ix0:ix1]
-        if crop_mask == "zero":
-            patch = patch * inside[..., None]
-        canvas[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0, :in_chans] = patch
-        if crop_mask == "channel":
-            canvas[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0, in_chans] = inside * np.uint8(255)
+        border = (iy0 - y0, y0 + side - iy1, ix0 - x0, x0 + side - ix1)  # top, bottom, left, right
+        inside = (cell_mask[iy0:iy1, ix0:ix1] == cell_id).view(np.uint8)
+        area[row] = int(np.count_nonzero(inside))
+        patch, plane = image[iy0:iy1, ix0:ix1], inside
+        if any(border):
+            patch = cv2.copyMakeBorder(patch, *border, cv2.BORDER_CONSTANT, value=0)
+            plane = cv2.copyMakeBorder(inside, *border, cv2.BORDER_CONSTANT, value=0)
         interpolation = cv2.INTER_AREA if side > crop_size else cv2.INTER_LINEAR
-        resized = cv2.resize(canvas, (crop_size, crop_size), interpolation=interpolation)
-        crops[row] = resized.reshape(crop_size, crop_size, channels)
+        # resized first, masked after: the cost is the crop's, not the cell's pixels
+        crops[row, ..., :in_chans] = cv2.resize(patch, size, interpolation=interpolation).reshape(*size, in_chans)
+        if crop_mask != "none":
+            cover = cv2.resize(plane * np.uint8(255), size, interpolation=interpolation)
+            if crop_mask == "zero":
+                crops[row, ..., :in_chans] *= (cover >= 128)[..., None]
+            else:
+                crops[row, ..., in_chans] = cover
     return CellCrops(crops=crops, cell_ids=cell_ids, boxes=boxes, area=area)

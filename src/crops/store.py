@@ -34,7 +34,7 @@ from src.cell_masks.cache import MaskCache, shard_ids
 from src.crops.geometry import CellCrops, crop_channels, extract_cell_crops
 from src.data.atomic import atomic_path, write_csv_atomic, write_text_atomic
 from src.data.io import read_rgby
-from src.scoring.cell_scores import CellScoreConfig, dark_negative, segment_percentile
+from src.scoring.cell_scores import CellScoreConfig, dark_negative
 
 logger = logging.getLogger(__name__)
 
@@ -129,13 +129,17 @@ def index_path(crop_dir: str | os.PathLike, split: str) -> Path:
 
 
 def cell_table(cut: CellCrops, cell_mask: np.ndarray, green: np.ndarray) -> dict[str, list]:
-    """The per-cell columns of one image: ids, boxes, areas and the protein statistics of the darkness rule."""
-    labels = cell_mask.ravel().astype(np.int64)
-    num_ids = int(labels.max(initial=0)) + 1
-    green_flat = green.ravel().astype(np.float64)
-    green_sum = np.bincount(labels, weights=green_flat, minlength=num_ids)[cut.cell_ids]
-    green_mean = green_sum / np.maximum(cut.area, 1)
-    green_high = segment_percentile(labels, green_flat, num_ids, DARK_RULE.dark_percentile)[cut.cell_ids]
+    """The per-cell columns of one image: ids, boxes, areas and the protein statistics of the darkness rule.
+
+    Statistics are read inside each cell's box only (cost ~ the cells' pixels, not the image's).
+    """
+    green_mean = np.zeros(len(cut.cell_ids))
+    green_high = np.zeros(len(cut.cell_ids))
+    for row, (cell_id, (y0, x0, y1, x1)) in enumerate(zip(cut.cell_ids, cut.boxes)):
+        values = green[y0:y1, x0:x1][cell_mask[y0:y1, x0:x1] == cell_id]
+        green_mean[row] = values.mean(dtype=np.float64)
+        rank = int(np.floor((len(values) - 1) * DARK_RULE.dark_percentile / 100.0))  # as segment_percentile
+        green_high[row] = np.partition(values, rank)[rank]
     darkness = dark_negative(np.zeros(19), green_mean, green_high, DARK_RULE)
     return {
         "cell_id": cut.cell_ids.tolist(),

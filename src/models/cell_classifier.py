@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import src.models.cell_cnn  # noqa: F401  (registers the timm model ``cell_cnn``)
 from src.data.classes import NUM_CLASSES
 from src.models.backbone import create_backbone, load_backbone_weights
 from src.models.classifier import HPAClassifier
