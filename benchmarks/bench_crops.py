@@ -66,7 +66,9 @@ def main(args: argparse.Namespace) -> None:
     for key, seconds in times.items():
         print(f"  {key:7s} {seconds / runs:.3f}")
     total = sum(times.values()) / runs
-    print(f"  total   {total:.3f} (from cached masks; target <= 0.2); without decode {total - times['decode'] / runs:.3f}")
+    print(
+        f"  total   {total:.3f} (from cached masks; target <= 0.2); without decode {total - times['decode'] / runs:.3f}"
+    )
 
 
 if __name__ == "__main__":

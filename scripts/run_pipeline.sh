@@ -58,10 +58,8 @@ CELL_TARGETS=${CELL_TARGETS:-image}    # image | pseudo | mixed (pseudo and mixe
 EPOCHS_CELL=${EPOCHS_CELL:-6}
 LR_CELL=${LR_CELL:-2e-3}
 CELL_BATCH_SIZE=${CELL_BATCH_SIZE:-64}
-# fusion settings tried on the validation fold (scripts/tune_scoring.sh); the best one scores the test split
-CELL_FUSIONS=${CELL_FUSIONS:-'--conf_how cell_logit --fusion {"rule":"prob_mean","cell_weight":0.7};
-  --conf_how cell_logit --fusion {"rule":"geometric","cell_weight":0.7};
-  --conf_how cell_logit --fusion {"rule":"prob_mean","cell_weight":0.9}'}
+# fusion with round 1 (cell_logit): chosen on the validation fold by scripts/tune_fusion.py when truth exists
+CELL_FUSION=${CELL_FUSION:-"{rule: prob_mean, cell_weight: 0.7, negative: dark}"}
 
 DONE="$OUT_DIR/.done"
 mkdir -p "$DONE"
@@ -172,32 +170,37 @@ if [ "$CELL" = 1 ]; then
   fi
   CELL_CKPT=$(last_ckpt "$OUT_DIR/cell_train")
   CELL_PATHS="[[both, 1.0, $ROUND1], [cell, 1.0, $CELL_CKPT]]"
-  BEST_FUSION=$(echo "$CELL_FUSIONS" | tr '\n' ' ' | cut -d';' -f1)
+  BEST_FUSION=$CELL_FUSION
   if [ -d "$DATA_DIR/truth" ]; then  # choose the fusion on the validation fold, never on the test split
+    TUNE="$OUT_DIR/tune_fusion"
     if stage tune_fusion; then
-      CKPT=$ROUND1 CKPT_PATHS=$CELL_PATHS SETTINGS=$CELL_FUSIONS OUT="$OUT_DIR/tune_fusion" DATA_DIR=$DATA_DIR \
-        PYTHON=$PYTHON MASK_BACKEND=$MASK_BACKEND NUM_WORKERS=$NUM_WORKERS bash scripts/tune_scoring.sh
+      VAL_ARGS=(--split train --fold 0 --mask_dir "$DATA_DIR/masks/train_$MASK_BACKEND")
+      infer src/config/kaggle_submission.yaml "$TUNE/image_part.csv" "${VAL_ARGS[@]}" \
+        --ckpt_paths "[[both, 1.0, $ROUND1]]" --conf_how cell_logit
+      infer src/config/kaggle_submission.yaml "$TUNE/cell_alone.csv" "${VAL_ARGS[@]}" \
+        --ckpt_paths "$CELL_PATHS" --conf_how image_prob --fusion "{cell_weight: 1.0}"
+      $PYTHON scripts/tune_fusion.py --image_sub "$TUNE/image_part.csv" --cell_sub "$TUNE/cell_alone.csv" \
+        --truth_dir "$DATA_DIR/truth" --out "$TUNE/best_fusion.yaml"
       finish tune_fusion
     fi
-    BEST_FUSION=$(cat "$OUT_DIR/tune_fusion/best_setting.txt")
+    BEST_FUSION=$(cat "$TUNE/best_fusion.yaml")
   fi
-  read -ra best_args <<< "$BEST_FUSION"
   declare -A CELL_ROWS=(
-    [cell_alone]='--conf_how image_prob --fusion {"cell_weight":1.0}'
-    [cell_fused_cam_round1]="${best_args[*]}"
+    [cell_alone]="image_prob|{cell_weight: 1.0}"
+    [cell_fused_cam_round1]="cell_logit|$BEST_FUSION"
   )
   for name in cell_alone cell_fused_cam_round1; do
     if stage "infer_$name"; then
-      read -ra row_args <<< "${CELL_ROWS[$name]}"
+      IFS='|' read -r conf fusion <<< "${CELL_ROWS[$name]}"
       infer src/config/kaggle_submission.yaml "$OUT_DIR/submissions/$name.csv" --mask_dir "$TEST_MASKS" \
-        --ckpt_paths "$CELL_PATHS" "${row_args[@]}"
+        --ckpt_paths "$CELL_PATHS" --conf_how "$conf" --fusion "$fusion"
       finish "infer_$name"
     fi
     NAMES+=("$name")
   done
   if [ -d "$DATA_DIR/truth/cell_masks" ] && stage infer_cell_fused_truth_masks; then
     infer src/config/kaggle_submission.yaml "$OUT_DIR/submissions/cell_fused_truth_masks.csv" \
-      "${TRUTH_MASK_ARGS[@]}" --ckpt_paths "$CELL_PATHS" "${best_args[@]}"
+      "${TRUTH_MASK_ARGS[@]}" --ckpt_paths "$CELL_PATHS" --conf_how cell_logit --fusion "$BEST_FUSION"
     finish infer_cell_fused_truth_masks
   fi
   [ -d "$DATA_DIR/truth/cell_masks" ] && NAMES+=(cell_fused_truth_masks)

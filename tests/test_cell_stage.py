@@ -41,7 +41,9 @@ def cell_checkpoint(tiny_synthetic, crop_store) -> Path:
     return crop_store / "run" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
 
 
-def test_cell_classifier_fused_with_cam_is_scored_by_evaluate(tiny_synthetic, tiny_checkpoint, crop_store, cell_checkpoint):
+def test_cell_classifier_fused_with_cam_is_scored_by_evaluate(
+    tiny_synthetic, tiny_checkpoint, crop_store, cell_checkpoint
+):
     hparams = yaml.safe_load((cell_checkpoint.parent.parent / "hparams.yaml").read_text())
     assert hparams["crop_spec"]["crop_size"] == 16 and hparams["num_inchannels"] == 4
     sub = crop_store / "fused.csv"
@@ -81,4 +83,6 @@ def test_fusion_is_chosen_on_the_validation_fold(tiny_synthetic, tiny_checkpoint
     scores = json.loads((out / "evaluation.json").read_text())["results"]
     best = max(scores, key=lambda name: scores[name]["mAP"])
     chosen = (out / "best_setting.txt").read_text().strip()
-    assert best == chosen.replace("--", "").replace(" ", "_").replace('"', "").replace("{", "").replace("}", "").replace(":", "").replace(",", "")
+    assert best == chosen.replace("--", "").replace(" ", "_").replace('"', "").replace("{", "").replace(
+        "}", ""
+    ).replace(":", "").replace(",", "")

@@ -14,9 +14,7 @@ def cell_probs(value: float = 0.8) -> np.ndarray:
     return probs
 
 
-@pytest.mark.parametrize(
-    ("rule", "expected"), [("prob_mean", 0.5), ("geometric", 0.4), ("logit_mean", 0.5)]
-)
+@pytest.mark.parametrize(("rule", "expected"), [("prob_mean", 0.5), ("geometric", 0.4), ("logit_mean", 0.5)])
 def test_rules_at_equal_weight(rule, expected):
     fused = fuse_probs(np.array([0.2]), np.array([0.8]), FusionConfig(rule=rule, cell_weight=0.5))
     assert fused[0] == pytest.approx(expected, abs=1e-3)
@@ -63,3 +61,23 @@ def test_bad_fusion_blocks_name_the_key():
         FusionConfig.from_dict({"weight": 1.0}, "config.yaml")
     with pytest.raises(ValueError, match="cell_weight"):
         FusionConfig.from_dict({"cell_weight": 2.0}, "config.yaml")
+
+
+def test_fusing_two_submissions_matches_cells_by_mask():
+    import pandas as pd
+
+    from src.scoring.fusion_tuning import fuse_submissions
+    from src.submission.codec import cell_mask_predictions, parse_prediction_string
+
+    mask = np.zeros((8, 8), np.uint16)
+    mask[:4], mask[4:] = 1, 2
+
+    def frame(scores):
+        return pd.DataFrame([{"ID": "a", "ImageWidth": 8, "ImageHeight": 8,
+                              "PredictionString": cell_mask_predictions(mask, scores)}])  # fmt: skip
+
+    image_part = frame({1: {3: 0.2, NEGATIVE: 0.1}, 2: {3: 0.4, NEGATIVE: 0.9}})
+    cell_part = frame({1: {3: 0.8, NEGATIVE: 0.5}, 2: {3: 0.0, NEGATIVE: 0.5}})
+    fused = fuse_submissions(image_part, cell_part, FusionConfig(rule="prob_mean", cell_weight=0.5))
+    found = {(p.class_id, round(p.confidence, 3)) for p in parse_prediction_string(fused["PredictionString"][0])}
+    assert found == {(3, 0.5), (NEGATIVE, 0.1), (3, 0.2), (NEGATIVE, 0.9)}
