@@ -18,14 +18,14 @@ from tests.conftest import ROOT, run_script
 
 @pytest.fixture(scope="module")
 def crop_store(tiny_synthetic, tmp_path_factory) -> Path:
-    """16 px crops of the tiny benchmark's train and test splits, from classical masks computed on demand."""
+    """16 px crops of the tiny benchmark's training split, from classical masks computed on demand (inference
+    cuts the test cells itself)."""
     root = tmp_path_factory.mktemp("cells")
-    for split in ("train", "test"):
-        run_script(
-            "extract_cell_crops.py", "--data_dir", str(tiny_synthetic), "--split", split,
-            "--mask_dir", str(root / f"masks_{split}"), "--crop_dir", str(root / "crops"), "--crop_size", "16",
-            "--num_workers", "1",
-        )  # fmt: skip
+    run_script(
+        "extract_cell_crops.py", "--data_dir", str(tiny_synthetic), "--split", "train",
+        "--mask_dir", str(root / "masks_train"), "--crop_dir", str(root / "crops"), "--crop_size", "16",
+        "--num_workers", "1",
+    )  # fmt: skip
     return root
 
 
