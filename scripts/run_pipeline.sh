@@ -59,7 +59,7 @@ EPOCHS_CELL=${EPOCHS_CELL:-6}
 LR_CELL=${LR_CELL:-2e-3}
 CELL_BATCH_SIZE=${CELL_BATCH_SIZE:-64}
 # fusion with round 1 (cell_logit): chosen on the validation fold by scripts/tune_fusion.py when truth exists
-CELL_FUSION=${CELL_FUSION:-"{rule: prob_mean, cell_weight: 0.7, negative: dark}"}
+CELL_FUSION=${CELL_FUSION:-"{rule: logit_mean, cell_weight: 0.3, negative: dark}"}
 
 DONE="$OUT_DIR/.done"
 mkdir -p "$DONE"

@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cell_sub", type=Path, required=True, help="cell classifier alone on the validation fold")
     parser.add_argument("--truth_dir", type=Path, required=True)
     parser.add_argument("--rules", default=",".join(FUSION_RULES))
-    parser.add_argument("--cell_weights", default="0.5,0.7,0.8,0.9,1.0")
+    parser.add_argument("--cell_weights", default="0.2,0.3,0.4,0.5,0.7,1.0")
     parser.add_argument("--negatives", default="dark,mean")
     parser.add_argument("--out", type=Path, required=True, help="YAML file of the best fusion block")
     return parser.parse_args(argv)
