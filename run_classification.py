@@ -17,6 +17,7 @@ from src.data.folds import N_FOLDS
 from src.models.losses import LOSS_NAMES
 from src.models.unet import DECODER_CHANNELS
 from src.training.augment import AUG_MODES
+from src.training.cell_run import add_cell_arguments
 from src.training.datamodule import CACHE_FORMATS, EXT_DATA_MODES
 from src.training.lit_model import OPTIM_NAMES, SCHEDULERS
 from src.training.run import MONITORS, PRECISIONS, train
@@ -94,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     segm.add_argument(
         "--segm_truth_dir", default=None, help="per-cell truth (e.g. DATA/truth): also report val/cell_mAP"
     )
+
+    add_cell_arguments(parser)  # cell stage: --cell_crop_dir, --cell_targets, --mil_pool ...
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--optim_name", choices=OPTIM_NAMES, default="sgd")

@@ -2,7 +2,9 @@
 # The whole chain, as the 15th-place run.bash but parameterised, resumable and tested:
 #   synthetic data (optional) -> SC-CAM round 0 -> extract_feature -> create_pseudo_label -> round 1
 #   -> CAM pseudo labels (gen_pseudo) -> create_segm_labels -> segmentation training
-#   -> final inference on the test split -> evaluation when per-cell truth exists.
+#   -> final inference on the test split
+#   -> cell stage: single-cell crops -> cell classifier -> fusion with round 1 chosen on the validation fold
+#   -> evaluation when per-cell truth exists.
 # Every setting is an environment variable (defaults: the `make run` scale on the synthetic benchmark):
 #   DATA_DIR=../input/hpa-single-cell-image-classification SYNTHETIC=0 OUT_DIR=runs/real TIMM=resnet50 \
 #   INPUT_SIZE=512 EPOCHS0=5 EPOCHS1=5 EPOCHS_SEGM=5 ACCELERATOR=gpu PRECISION=16-mixed bash scripts/run_pipeline.sh
@@ -47,6 +49,17 @@ DEVICES=${DEVICES:-auto}
 PRECISION=${PRECISION:-32}
 EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:-}   # e.g. "--use_ext_data --ext_data_csv ../input/publichpa.csv"
 STAGE2=${STAGE2:-1}                    # 0: stop after stage 1 (no pseudo labels, U-Net or ensemble rows)
+CELL=${CELL:-0}                        # 1: also the cell stage (crops, cell classifier, fused rows); not yet in make run
+CROP_SIZE=${CROP_SIZE:-64}             # cell crops: side (128-256 on a GPU) and masking (zero|channel|none)
+CROP_MASK=${CROP_MASK:-zero}
+CELL_TIMM=${CELL_TIMM:-cell_cnn}       # full-resolution plain CNN registered with timm (src/models/cell_cnn.py)
+CELL_TIMM_KWARGS=${CELL_TIMM_KWARGS:-'{"widths": [16, 32, 64, 128]}'}
+CELL_TARGETS=${CELL_TARGETS:-image}    # image | pseudo | mixed (pseudo and mixed need STAGE2=1)
+EPOCHS_CELL=${EPOCHS_CELL:-6}
+LR_CELL=${LR_CELL:-2e-3}
+CELL_BATCH_SIZE=${CELL_BATCH_SIZE:-64}
+# fusion with round 1 (cell_logit): chosen on the validation fold by scripts/tune_fusion.py when truth exists
+CELL_FUSION=${CELL_FUSION:-"{rule: logit_mean, cell_weight: 0.3, negative: dark}"}
 
 DONE="$OUT_DIR/.done"
 mkdir -p "$DONE"
@@ -131,6 +144,68 @@ for name in "${NAMES[@]}"; do
   fi
 done
 FINAL=$([ "$STAGE2" = 1 ] && echo ensemble || echo cam_round1)
+
+# Cell stage: every cell cut out, a classifier trained on the crops, fused with round 1 (cell_logit).
+TRUTH_MASK_ARGS=(--mask_backend precomputed --mask_dir "$DATA_DIR/masks/test_truth"
+  --mask_params "{cell_dir: $DATA_DIR/truth/cell_masks, nuclei_dir: $DATA_DIR/truth/nuclei_masks}")
+if [ "$CELL" = 1 ]; then
+  CROPS="$OUT_DIR/crops_$CROP_SIZE"
+  if stage crops; then
+    for split in train test; do
+      $PYTHON extract_cell_crops.py --data_dir "$DATA_DIR" --split "$split" --mask_backend "$MASK_BACKEND" \
+        --mask_dir "$DATA_DIR/masks/${split}_$MASK_BACKEND" --crop_dir "$CROPS" --crop_size "$CROP_SIZE" \
+        --crop_mask "$CROP_MASK" --num_workers "$NUM_WORKERS"
+    done
+    finish crops
+  fi
+  if stage cell_train; then
+    PSEUDO_ARGS=()
+    [ "$CELL_TARGETS" != image ] && PSEUDO_ARGS=(--pseudo_csv "$OUT_DIR/segm/pseudo_label.csv")
+    $PYTHON run_classification.py --data_dir "$DATA_DIR" --cell_crop_dir "$CROPS" --cell_targets "$CELL_TARGETS" \
+      "${PSEUDO_ARGS[@]}" --timm_model_name "$CELL_TIMM" --timm_kwargs "$CELL_TIMM_KWARGS" \
+      --batch_size "$CELL_BATCH_SIZE" --num_workers 0 --max_epochs "$EPOCHS_CELL" --optim_name adam --lr "$LR_CELL" \
+      --loss bce --accelerator "$ACCELERATOR" --devices "$DEVICES" --precision "$PRECISION" --seed "$SEED" \
+      --default_root_dir "$OUT_DIR/cell_train" "${TRUTH_ARGS[@]}"
+    finish cell_train
+  fi
+  CELL_CKPT=$(last_ckpt "$OUT_DIR/cell_train")
+  CELL_PATHS="[[both, 1.0, $ROUND1], [cell, 1.0, $CELL_CKPT]]"
+  BEST_FUSION=$CELL_FUSION
+  if [ -d "$DATA_DIR/truth" ]; then  # choose the fusion on the validation fold, never on the test split
+    TUNE="$OUT_DIR/tune_fusion"
+    if stage tune_fusion; then
+      VAL_ARGS=(--split train --fold 0 --mask_dir "$DATA_DIR/masks/train_$MASK_BACKEND")
+      infer src/config/kaggle_submission.yaml "$TUNE/image_part.csv" "${VAL_ARGS[@]}" \
+        --ckpt_paths "[[both, 1.0, $ROUND1]]" --conf_how cell_logit
+      infer src/config/kaggle_submission.yaml "$TUNE/cell_alone.csv" "${VAL_ARGS[@]}" \
+        --ckpt_paths "$CELL_PATHS" --conf_how image_prob --fusion "{cell_weight: 1.0}"
+      $PYTHON scripts/tune_fusion.py --image_sub "$TUNE/image_part.csv" --cell_sub "$TUNE/cell_alone.csv" \
+        --truth_dir "$DATA_DIR/truth" --out "$TUNE/best_fusion.yaml"
+      finish tune_fusion
+    fi
+    BEST_FUSION=$(cat "$TUNE/best_fusion.yaml")
+  fi
+  declare -A CELL_ROWS=(
+    [cell_alone]="image_prob|{cell_weight: 1.0}"
+    [cell_fused_cam_round1]="cell_logit|$BEST_FUSION"
+  )
+  for name in cell_alone cell_fused_cam_round1; do
+    if stage "infer_$name"; then
+      IFS='|' read -r conf fusion <<< "${CELL_ROWS[$name]}"
+      infer src/config/kaggle_submission.yaml "$OUT_DIR/submissions/$name.csv" --mask_dir "$TEST_MASKS" \
+        --ckpt_paths "$CELL_PATHS" --conf_how "$conf" --fusion "$fusion"
+      finish "infer_$name"
+    fi
+    NAMES+=("$name")
+  done
+  if [ -d "$DATA_DIR/truth/cell_masks" ] && stage infer_cell_fused_truth_masks; then
+    infer src/config/kaggle_submission.yaml "$OUT_DIR/submissions/cell_fused_truth_masks.csv" \
+      "${TRUTH_MASK_ARGS[@]}" --ckpt_paths "$CELL_PATHS" --conf_how cell_logit --fusion "$BEST_FUSION"
+    finish infer_cell_fused_truth_masks
+  fi
+  [ -d "$DATA_DIR/truth/cell_masks" ] && NAMES+=(cell_fused_truth_masks)
+fi
+[ "$CELL" = 1 ] && FINAL=cell_fused_cam_round1  # the strongest path: cell classifier fused with round 1
 cp "$OUT_DIR/submissions/$FINAL.csv" "$OUT_DIR/submission.csv"
 # With per-cell truth: the round-1 CAM row again on the true masks, to show what the cell masks cost.
 if [ -d "$DATA_DIR/truth/cell_masks" ]; then
@@ -151,6 +226,6 @@ if [ -d "$DATA_DIR/truth" ]; then
         echo "--submission $name=$OUT_DIR/submissions/$name.csv"; done)
 fi
 echo "submission:   $OUT_DIR/submission.csv"
-echo "checkpoints:  $ROUND0, $ROUND1$([ "$STAGE2" = 1 ] && echo ", $SEGM")"
+echo "checkpoints:  $ROUND0, $ROUND1$([ "$STAGE2" = 1 ] && echo ", $SEGM")$([ "$CELL" = 1 ] && echo ", $CELL_CKPT")"
 echo "tensorboard:  .venv/bin/tensorboard --logdir $OUT_DIR"
 echo "elapsed:      $SECONDS s (this run)"

@@ -22,6 +22,7 @@ LAYERS = (
     "synthetic",
     "cell_masks",
     "scoring",
+    "crops",
     "models",
     "segm_labels",
     "sccam",

@@ -17,6 +17,7 @@ from typing import Any
 from src.cam.classifier_source import CAM_METHODS
 from src.config import add_dataclass_options, given_options, load_yaml
 from src.scoring.cell_scores import CELL_LOGIT, CellScoreConfig
+from src.scoring.fusion import FusionConfig
 
 STAGES = ("test", "gen_pseudo")
 SCORING_KEYS = tuple(spec.name for spec in dataclasses.fields(CellScoreConfig))
@@ -53,6 +54,9 @@ class InferConfig:
     cam_size: int = _option(128, "maps are averaged at this size, then resized to score_size")
     score_size: int = _option(512, "cells are scored with masks and maps at this size (longer side)")
     scoring: CellScoreConfig = _option(meaning="per-cell scoring (nested block)", factory=CellScoreConfig)
+    fusion: dict = _option(
+        meaning="cell-classifier fusion (src/scoring/fusion.py), with a [cell, w, path] entry", factory=dict
+    )
     batch_size: int = _option(8, "images per model batch")
     num_workers: int = _option(2, "image decoding/mask workers and scoring processes")
     device: str = _option("auto", "auto | cpu | cuda | cuda:1")
@@ -95,6 +99,7 @@ class InferConfig:
             raise ValueError(
                 f"{source}: conf_how cell_logit reads the signed logit maps of cam_method 'cam', not gradcam"
             )
+        FusionConfig.from_dict(self.fusion, f"{source}: fusion")
         if not self.mask_dir:
             raise ValueError(f"{source}: mask_dir is empty; name the folder of the mask cache")
         if not self.ckpt_paths:

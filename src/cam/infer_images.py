@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from src.cam.infer_config import InferConfig
 from src.cell_masks.cache import MaskCache
+from src.crops.store import CropSpec, cut_image
 from src.data.io import longer_side_at_most, read_rgby, resize_image
 
 
@@ -20,8 +21,11 @@ class InferImages(Dataset):
     image failed. The masks are decoded here, once per image; the scoring job uses these arrays.
     """
 
-    def __init__(self, ids: list[str], settings: InferConfig, input_sizes: list[int]):
+    def __init__(
+        self, ids: list[str], settings: InferConfig, input_sizes: list[int], crop_spec: CropSpec | None = None
+    ):
         self.ids = ids
+        self.crop_spec = crop_spec  # cell sources: also cut every cell (``crops`` (K, S, S, C), ``cell_ids`` (K,))
         self.settings = settings
         self.input_sizes = sorted(set(input_sizes))
         self._mask_cache: MaskCache | None = None
@@ -39,7 +43,12 @@ class InferImages(Dataset):
             nuclei_mask, cell_mask = self._mask_cache.get(image_id, lambda _id: rgby)
             height, width = rgby.shape[:2]
             h, w = longer_side_at_most(height, width, s.score_size)
+            cells = {}
+            if self.crop_spec is not None:
+                cut, _ = cut_image(rgby, cell_mask, self.crop_spec)
+                cells = {"crops": cut.crops, "cell_ids": cut.cell_ids}
             return {
+                **cells,
                 "id": image_id,
                 "height": height,
                 "width": width,

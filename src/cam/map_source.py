@@ -23,7 +23,7 @@ from src.training.checkpoints import load_trained_pl_model
 from src.training.lit_model import LitModel
 from src.training.model_zoo import resolve_zoo_member
 
-HOW_JOINS = ("both", "cam", "pred")
+HOW_JOINS = ("both", "cam", "pred", "cell")  # cell: a cell classifier on crops (src/cam/cell_source.py)
 MAP_KINDS = ("cam", "logit")  # cam: ReLU'd and divided by each map's maximum; logit: signed, as the head gives it
 
 

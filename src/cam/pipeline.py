@@ -23,6 +23,7 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from src.cam.cell_source import CellSource, load_cell_sources, predict_cells
 from src.cam.infer_config import InferConfig
 from src.cam.infer_images import InferImages, collate_items
 from src.cam.map_source import CheckpointSpec, MapSource
@@ -32,6 +33,7 @@ from src.data.atomic import write_text_atomic
 from src.data.folds import N_FOLDS
 from src.data.io import labels_to_multihot, read_labels
 from src.data.splits import check_images_exist, split_image_ids
+from src.scoring.fusion import FusionConfig
 from src.scoring.score_job import init_scorer, score_image
 from src.submission.codec import write_submission
 from src.submission.shards import PartialRows, output_path
@@ -110,9 +112,16 @@ def predict_batch(
 
 
 def scoring_jobs(
-    items: list[dict[str, Any]], probs: torch.Tensor | None, cams: torch.Tensor, plan: InferPlan, settings: InferConfig
+    items: list[dict[str, Any]],
+    probs: torch.Tensor | None,
+    cams: torch.Tensor,
+    plan: InferPlan,
+    settings: InferConfig,
+    cell_sources: Sequence[CellSource] = (),
 ) -> list[dict[str, Any]]:
-    """One :func:`src.scoring.score_job.score_image` job per item."""
+    """One :func:`src.scoring.score_job.score_image` job per item; with cell sources, each job also carries its
+    cells' probabilities and the fusion settings."""
+    fusion = FusionConfig.from_dict(settings.fusion, "fusion") if cell_sources else None
     jobs = []
     for row, item in enumerate(items):
         image_probs = plan.truth[item["id"]] if plan.truth is not None else probs[row].numpy()
@@ -129,6 +138,12 @@ def scoring_jobs(
                 "score_config": settings.scoring,
             }
         )
+        if cell_sources:  # fused in the scoring worker (src/scoring/fusion.py)
+            jobs[-1].update(
+                cell_ids=item["cell_ids"],
+                cell_probs=predict_cells(cell_sources, item["crops"], settings.tta_flips),
+                fusion=fusion,
+            )
     return jobs
 
 
@@ -141,6 +156,7 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
     """
     plan = plan_inference(settings, sub_path)
     sources = load_sources(plan.specs, plan.device, settings.cam_method, settings.gradcam_layer)
+    cell_sources = load_cell_sources(plan.specs, plan.device)
     # the resolved settings beside the output, so any submission can be reproduced
     out_path = plan.out_path
     write_text_atomic(
@@ -151,7 +167,7 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
     todo = [i for i in plan.ids if i not in partial.rows]
     failed: dict[str, str] = {}
     try:
-        _score_images(settings, plan, sources, todo, partial, failed)
+        _score_images(settings, plan, sources, cell_sources, todo, partial, failed)
     finally:
         partial.close()
     if not failed:
@@ -164,6 +180,7 @@ def _score_images(
     settings: InferConfig,
     plan: InferPlan,
     sources: Sequence[MapSource],
+    cell_sources: Sequence[CellSource],
     todo: list[str],
     partial: PartialRows,
     failed: dict[str, str],
@@ -171,7 +188,9 @@ def _score_images(
     """Run the images of ``todo`` through the sources and the scoring pool; rows go to ``partial``, errors to
     ``failed``."""
     loader = DataLoader(
-        InferImages(todo, settings, [s.input_size for s in sources]),
+        InferImages(
+            todo, settings, [s.input_size for s in sources], cell_sources[0].crop_spec if cell_sources else None
+        ),
         batch_size=settings.batch_size,
         num_workers=settings.num_workers,
         collate_fn=collate_items,
@@ -207,7 +226,7 @@ def _score_images(
                 if not good:
                     continue
                 probs, cams = predict_batch(sources, good, settings)
-                for job in scoring_jobs(good, probs, cams, plan, settings):
+                for job in scoring_jobs(good, probs, cams, plan, settings, cell_sources):
                     pending[pool.submit(score_image, job)] = job["id"]
                 while len(pending) > 4 * workers:  # bound the images held in memory
                     wait(pending, return_when=FIRST_COMPLETED)

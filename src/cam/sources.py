@@ -26,6 +26,7 @@ def load_sources(
         if is_segmentation_run(read_checkpoint_hparams(spec.path))
         else ClassifierSource(spec, device, cam_method, gradcam_layer)
         for spec in specs
+        if spec.how_join != "cell"  # cell classifiers: src/cam/cell_source.py
     ]
 
 

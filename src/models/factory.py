@@ -14,6 +14,7 @@ from torch import nn
 
 from src.data.classes import NUM_CLASSES
 from src.models.backbone import parse_timm_kwargs
+from src.models.cell_classifier import CellLoss, create_cell_classifier
 from src.models.classifier import create_classifier
 from src.models.losses import ClassificationLoss, SegmentationLoss
 from src.models.unet import DECODER_CHANNELS, create_segmentation_network, parse_decoder_channels
@@ -22,6 +23,11 @@ from src.models.unet import DECODER_CHANNELS, create_segmentation_network, parse
 def is_segmentation_run(hparams: Mapping[str, Any]) -> bool:
     """Whether a run's hyperparameters describe a stage-2 segmentation model (it has ``segm_label_dir``)."""
     return bool(hparams.get("segm_label_dir"))
+
+
+def is_cell_run(hparams: Mapping[str, Any]) -> bool:
+    """Whether a run's hyperparameters describe a cell classifier trained on crops (it has ``cell_crop_dir``)."""
+    return bool(hparams.get("cell_crop_dir"))
 
 
 def num_sub_classes(hparams: Mapping[str, Any]) -> int:
@@ -42,6 +48,15 @@ def build_network(hparams: Mapping[str, Any], backbone_ckpt: str | os.PathLike |
     """
     timm_kwargs = parse_timm_kwargs(hparams.get("timm_kwargs"))
     in_chans = int(hparams.get("num_inchannels", 4))
+    if is_cell_run(hparams):
+        return create_cell_classifier(
+            hparams["timm_model_name"],
+            in_chans,
+            int(hparams.get("num_classes", NUM_CLASSES)),
+            backbone_ckpt=backbone_ckpt,
+            timm_kwargs=timm_kwargs,
+            mil_pool=hparams.get("mil_pool", "none"),
+        )
     if is_segmentation_run(hparams):
         return create_segmentation_network(
             hparams["timm_model_name"],
@@ -65,6 +80,10 @@ def build_criterion(hparams: Mapping[str, Any]) -> nn.Module:
 
     A segmentation run gets the per-pixel :class:`src.models.losses.SegmentationLoss`.
     """
+    if is_cell_run(hparams):
+        return CellLoss(
+            hparams.get("loss", "focal"), hparams.get("mil_pool", "none"), float(hparams.get("mil_weight", 0.5))
+        )
     if is_segmentation_run(hparams):
         return SegmentationLoss(loss_name=hparams.get("loss", "focal"))
     return ClassificationLoss(

@@ -20,6 +20,7 @@ from src.scoring.cell_scores import (
     image_prob_scores,
     score_cells,
 )
+from src.scoring.fusion import fuse_cell_scores, refine_image_probs
 from src.submission.codec import cell_mask_predictions
 
 
@@ -88,7 +89,8 @@ def score_image_cells(
 
 def score_image(job: dict[str, Any]) -> dict[str, Any]:
     """Worker: a submission row of one image from its job (``id``, ``height``, ``width``, ``probs``, ``cams``,
-    ``nuclei_mask``, ``cell_mask``, ``green``, ``score_config``).
+    ``nuclei_mask``, ``cell_mask``, ``green``, ``score_config``; with a cell classifier also ``cell_ids``,
+    ``cell_probs`` and ``fusion``, see :mod:`src.scoring.fusion`).
 
     Raises:
         ValueError: masks of another size than the image.
@@ -97,9 +99,14 @@ def score_image(job: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"image {job['id']}: cached masks are {job['cell_mask'].shape}, image is {(job['height'], job['width'])}"
         )
+    probs = job["probs"]
+    if "cell_probs" in job:  # a cell classifier in ckpt_paths: refine the image probabilities with its cells
+        probs = refine_image_probs(probs, job["cell_probs"], job["fusion"])
     scores = score_image_cells(
-        job["probs"], job["cams"], job["nuclei_mask"], job["cell_mask"], job["green"], job["score_config"]
+        probs, job["cams"], job["nuclei_mask"], job["cell_mask"], job["green"], job["score_config"]
     )
+    if "cell_probs" in job:  # then fuse each cell's image-level score with its cell probability
+        scores = fuse_cell_scores(scores, job["cell_ids"], job["cell_probs"], job["fusion"])
     return {
         "ID": job["id"],
         "ImageWidth": job["width"],

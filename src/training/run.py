@@ -27,6 +27,7 @@ from src.models.factory import build_criterion, build_network, is_segmentation_r
 from src.models.unet import check_input_size, parse_decoder_channels
 from src.sccam.sub_labels import read_sub_label_table
 from src.segm_labels.targets import SegmTargetReader
+from src.training.cell_run import run_cell_classification
 from src.training.checkpoints import load_checkpoint_file, read_checkpoint_hparams
 from src.training.datamodule import HPADataModule
 from src.training.lit_model import LitModel
@@ -258,9 +259,14 @@ def build_run(args: argparse.Namespace) -> TrainingRun:
     return TrainingRun(args, datamodule, model, trainer, checkpoint, logger, resume_path)
 
 
-def train(args: argparse.Namespace) -> TrainingRun:
+def train(args: argparse.Namespace) -> TrainingRun | None:
     """Build the run, fit it (resuming ``--ckpt_path`` of the same round) and print where everything went;
-    with ``--lr_find`` only run the learning-rate range test and print its suggestion."""
+    with ``--lr_find`` only run the learning-rate range test and print its suggestion. A ``--cell_crop_dir`` run
+    trains the cell classifier of :mod:`src.training.cell_run` instead (returns None)."""
+    if getattr(args, "cell_crop_dir", None):  # cell stage: a classifier on single-cell crops
+        resolve_trainer_args(args)
+        run_cell_classification(args)
+        return None
     run = build_run(args)
     if args.lr_find:
         suggestion = find_lr(run, args.default_root_dir, args.lr_find_steps)

@@ -1,0 +1,107 @@
+"""Streaming datasets over the crop store: crops are read one at a time from memory-mapped per-image files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from src.crops.store import CropReader
+
+
+def augment_crop(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random one of the 8 flips and 90-degree rotations of an (S, S, C) crop (cells have no orientation)."""
+    crop = np.rot90(crop, k=int(rng.integers(4)))
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return crop
+
+
+class CellCropDataset(Dataset):
+    """One sample per cell of ``index`` (columns ID, cell_id, row).
+
+    Each item: ``id`` (image ID), ``cell_id``, ``image`` uint8 (C, S, S), ``target`` (19,) float32,
+    ``image_target`` (19,) float32 (the image's labels, for multiple-instance learning) and ``bag`` (int, the
+    image's position in ``index``'s image order).
+
+    Args:
+        crop_dir, split: the store and split to read.
+        index: the cells (rows of the split's index).
+        targets: (N, 19) float32 per-cell targets.
+        image_targets: (N, 19) float32 labels of each cell's image.
+        train: random flips and rotations.
+        seed: augmentation seed (each worker and epoch draws its own stream).
+    """
+
+    def __init__(
+        self,
+        crop_dir: str | os.PathLike,
+        split: str,
+        index: pd.DataFrame,
+        targets: np.ndarray,
+        image_targets: np.ndarray,
+        train: bool,
+        seed: int = 0,
+    ):
+        self.reader = CropReader(crop_dir, split)
+        self.ids = index["ID"].to_numpy()
+        self.cell_ids = index["cell_id"].to_numpy()
+        self.rows = index["row"].to_numpy()
+        self.bags = pd.factorize(index["ID"])[0]
+        self.targets, self.image_targets = targets, image_targets
+        self.train, self.seed = train, seed
+        self._rng: np.random.Generator | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        crop = self.reader(self.ids[i], int(self.rows[i]))
+        if self.train:
+            if self._rng is None:  # per worker process: torch seeds each worker differently
+                self._rng = np.random.default_rng((torch.initial_seed() + self.seed) % 2**32)
+            crop = augment_crop(crop, self._rng)
+        return {
+            "id": str(self.ids[i]),
+            "cell_id": int(self.cell_ids[i]),
+            "image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
+            "target": torch.from_numpy(self.targets[i]),
+            "image_target": torch.from_numpy(self.image_targets[i]),
+            "bag": int(self.bags[i]),
+        }
+
+
+class BagBatchSampler(Sampler[list[int]]):
+    """Batches of whole images: every cell of ``images_per_batch`` images (multiple-instance learning bags).
+
+    Args:
+        bags: (N,) image number of each cell.
+        images_per_batch: images per batch.
+        shuffle: shuffle the images each epoch.
+        seed: shuffling seed.
+    """
+
+    def __init__(self, bags: np.ndarray, images_per_batch: int, shuffle: bool = True, seed: int = 0):
+        if images_per_batch < 1:
+            raise ValueError(f"--bag_images must be >= 1, got {images_per_batch}")
+        order = np.argsort(bags, kind="stable")
+        _, starts = np.unique(bags[order], return_index=True)
+        self.groups = np.split(order, starts[1:])
+        self.images_per_batch, self.shuffle = images_per_batch, shuffle
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return (len(self.groups) + self.images_per_batch - 1) // self.images_per_batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        picks = np.arange(len(self.groups))
+        if self.shuffle:
+            np.random.default_rng(self.seed + self.epoch).shuffle(picks)
+            self.epoch += 1
+        for start in range(0, len(picks), self.images_per_batch):
+            yield np.concatenate([self.groups[g] for g in picks[start : start + self.images_per_batch]]).tolist()

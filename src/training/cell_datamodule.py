@@ -1,0 +1,125 @@
+"""The data module of the cell stage: crops of the store, folds by image, per-cell targets.
+
+Folds are the image folds of :class:`src.training.datamodule.HPADataModule` (``folds_k{n}_seed0.csv`` beside the
+data), so no image's cells are split across training and validation, and the validation fold is the one the
+image classifier held out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from src.crops.dataset import BagBatchSampler, CellCropDataset
+from src.crops.store import read_index, read_manifest
+from src.crops.targets import cell_targets
+from src.data.folds import load_or_make_folds
+from src.data.io import labels_to_multihot, read_labels
+
+logger = logging.getLogger(__name__)
+
+
+class CellCropDataModule(pl.LightningDataModule):
+    """Training cells of a crop store with their targets.
+
+    Args:
+        crop_dir: store written by ``extract_cell_crops.py --split train``.
+        data_dir: Kaggle layout with ``train.csv`` (image labels, folds).
+        val_fold, n_splits: image folds.
+        targets: 'image', 'pseudo' or 'mixed' (see :mod:`src.crops.targets`).
+        pseudo_csv: ``gen_pseudo`` CSV for 'pseudo' and 'mixed'.
+        pseudo_weight: share of the pseudo labels in 'mixed'.
+        batch_size: cells per batch (without bags).
+        bag_images: images per batch for multiple-instance learning (0: plain cell batches).
+        num_workers: DataLoader workers.
+        seed: augmentation and bag shuffling seed.
+    """
+
+    def __init__(
+        self,
+        crop_dir: str | os.PathLike,
+        data_dir: str | os.PathLike,
+        val_fold: int = 0,
+        n_splits: int = 5,
+        targets: str = "image",
+        pseudo_csv: str | os.PathLike | None = None,
+        pseudo_weight: float = 0.5,
+        batch_size: int = 128,
+        bag_images: int = 0,
+        num_workers: int = 2,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.crop_dir, self.split = crop_dir, "train"
+        self.manifest = read_manifest(crop_dir)
+        labels = read_labels(os.path.join(data_dir, "train.csv"))
+        if not 0 <= val_fold < n_splits:
+            raise ValueError(f"--val_fold {val_fold} outside 0..{n_splits - 1}")
+        folds = load_or_make_folds(labels, data_dir, n_splits, seed=0)
+        index = read_index(crop_dir, "train")
+        unknown = sorted(set(index["ID"]) - set(labels["ID"]))
+        if unknown:
+            raise ValueError(
+                f"--cell_crop_dir {crop_dir}: {len(unknown)} image(s) not in {data_dir}/train.csv, e.g. {unknown[:3]}"
+            )
+        if index.empty:
+            raise ValueError(f"--cell_crop_dir {crop_dir}: the store holds no training cells")
+        image_labels = dict(zip(labels["ID"], labels["labels"]))
+        self.index = index.assign(fold=index["ID"].map(dict(zip(folds["ID"], folds["fold"]))).to_numpy())
+        self.targets = cell_targets(targets, self.index, image_labels, pseudo_csv, pseudo_weight)
+        self.image_targets = labels_to_multihot([image_labels[i] for i in self.index["ID"]])
+        self.val_fold = val_fold
+        self.batch_size, self.bag_images, self.num_workers, self.seed = batch_size, bag_images, num_workers, seed
+        self.train_set: CellCropDataset | None = None
+        self.val_set: CellCropDataset | None = None
+
+    @property
+    def crop_channels(self) -> int:
+        return int(self.manifest["channels"])
+
+    @property
+    def crop_size(self) -> int:
+        return int(self.manifest["crop_size"])
+
+    def _dataset(self, rows: np.ndarray, train: bool) -> CellCropDataset:
+        return CellCropDataset(
+            self.crop_dir,
+            self.split,
+            self.index[rows].reset_index(drop=True),
+            self.targets[rows],
+            self.image_targets[rows],
+            train=train,
+            seed=self.seed,
+        )
+
+    @property
+    def val_rows(self) -> np.ndarray:
+        return (self.index["fold"] == self.val_fold).to_numpy()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = self._dataset(~self.val_rows, train=True)
+        self.val_set = self._dataset(self.val_rows, train=False)
+        logger.info("cells: %d training, %d validation", len(self.train_set), len(self.val_set))
+
+    def _loader(self, dataset: CellCropDataset, shuffle: bool) -> DataLoader:
+        common = dict(
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+        if self.bag_images > 0:
+            sampler = BagBatchSampler(dataset.bags, self.bag_images, shuffle=shuffle, seed=self.seed)
+            return DataLoader(dataset, batch_sampler=sampler, **common)
+        drop_last = shuffle and len(dataset) > self.batch_size  # BatchNorm needs more than one sample
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last, **common)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
