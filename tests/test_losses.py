@@ -26,6 +26,9 @@ def test_soft_f1_loss_is_one_minus_the_mean_of_per_class_soft_f1():
     logits = torch.tensor([[LN3, -LN3], [0.0, LN3]], dtype=torch.float64)
     targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     assert soft_f1_loss(logits, targets).item() == pytest.approx(7 / 24, rel=1e-5)
+    # eps (1e-6) is added to each denominator: exact in float64
+    exact = 1 - (1.5 / (2.25 + 1e-6) + 1.5 / (2.0 + 1e-6)) / 2
+    assert soft_f1_loss(logits, targets).item() == pytest.approx(exact, rel=1e-12)
 
 
 def test_soft_f1_sums_targets_over_the_batch_per_class():

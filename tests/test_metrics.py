@@ -480,3 +480,16 @@ def test_mask_iou_of_one_pixel_masks_and_of_a_too_short_rle() -> None:
     assert mask_truth_ious(encode_binary_mask(cell_mask == 1), fortran, np.bincount(fortran))[1] == 1.0
     with pytest.raises(ValueError, match="RLE encodes 9 pixels"):
         mask_truth_ious(encode_binary_mask(np.ones((3, 3), bool)), fortran, np.bincount(fortran))
+
+
+def test_an_image_without_predictions_does_not_end_the_parsing(tmp_path: Path) -> None:
+    mask = np.ones((4, 4), np.uint16)
+    truth = write_truth(tmp_path, {"a": mask, "b": mask}, {"a": {1: "0"}, "b": {1: "0"}})
+    frame = pd.concat([submission({"a": []}), submission({"b": [(0, 0.9, mask == 1)]})], ignore_index=True)
+    assert evaluate_submission(frame, truth, ids=["a", "b"]).per_class_num_tp[0] == 1
+
+
+def test_duplicate_scored_ids_are_refused(two_cells) -> None:
+    truth, mask = two_cells
+    with pytest.raises(ValueError, match="duplicates"):
+        evaluate_submission(submission({"a": [(0, 0.9, mask == 1)]}), truth, ids=["a", "a"])
