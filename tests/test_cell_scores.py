@@ -508,12 +508,6 @@ def test_cell_logit_inactive_negative_of_a_dark_cell_is_p18_with_negative_from_p
     assert scores[2][NEGATIVE] == pytest.approx(0.3 * 0.75 * (1 - 1 / (1 + np.exp(-4.0))))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug: cell_logits reshapes a (0, H, W) stack with -1 and fails when no class reaches min_image_prob "
-    "(a Negative-only image, e.g. true labels in gen_pseudo); score_cells gives such cells Negative 0.75",
-)
 def test_cell_logit_without_considered_classes_gives_full_inactive_negative():
     cell_mask, _, green = _three_green_cells(highs=(50, 50, 50))
     scores = cell_logit_scores(_probs(), np.zeros((NUM_CLASSES, 3, 4)), cell_mask, green)

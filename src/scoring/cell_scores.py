@@ -194,6 +194,8 @@ def cell_logits(logit_maps: np.ndarray, labels: np.ndarray, num_ids: int, ids: n
         logit_maps: (C, H, W) signed maps at mask size.
         labels: (H*W,) int cell label of each pixel; num_ids: labels lie in 0..num_ids-1; ids: (K,) cells.
     """
+    if not len(logit_maps):  # no class considered (e.g. a Negative-only image): no logits to average
+        return np.zeros((len(ids), 0))
     area = np.maximum(np.bincount(labels, minlength=num_ids)[ids], 1)
     flat = logit_maps.reshape(logit_maps.shape[0], -1).astype(np.float64)
     sums = np.stack([np.bincount(labels, weights=row, minlength=num_ids)[ids] for row in flat], axis=1)
