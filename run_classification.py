@@ -20,7 +20,8 @@ from src.training.augment import AUG_MODES
 from src.training.cell_run import add_cell_arguments
 from src.training.datamodule import CACHE_FORMATS, EXT_DATA_MODES
 from src.training.lit_model import OPTIM_NAMES, SCHEDULERS
-from src.training.run import MONITORS, PRECISIONS, train
+from src.training.run import train
+from src.training.trainer import MONITORS, PRECISIONS
 
 
 def _batches(text: str) -> int | float:

@@ -15,6 +15,7 @@ from src.data.io import read_rgby, resize_image
 from src.training.checkpoints import load_trained_pl_model
 from src.training.datamodule import HPADataModule, cache_file
 from src.training.lit_model import LitModel, macro_average_precision, warmup_cosine
+from src.training.trainer import build_trainer, resolve_trainer_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = (0, 2, 7, 14)
@@ -163,7 +164,7 @@ def test_precision_16_maps_to_mixed_and_falls_back_on_cpu(kaggle_data, tmp_path)
     args = run_classification.parse_args(train_args(kaggle_data, tmp_path, "--precision", "16"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_classification.resolve_trainer_args(args)
+        resolve_trainer_args(args)
     assert args.precision == "32-true" and any("needs a GPU" in str(w.message) for w in caught)
 
 
@@ -291,8 +292,6 @@ def test_ddp_on_two_cpu_processes_writes_one_checkpoint_set(kaggle_data, tmp_pat
 
 @pytest.mark.parametrize(("monitor", "mode"), [("val/loss", "min"), ("val/F1", "max")])
 def test_monitor_chooses_the_kept_checkpoints_metric(tmp_path, monitor, mode):
-    from src.training.run import build_trainer
-
     args = run_classification.parse_args(
         ["--data_dir", str(tmp_path), "--default_root_dir", str(tmp_path), "--accelerator", "cpu", "--monitor", monitor]
     )

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from src.crops.store import read_mask_dir
@@ -29,6 +27,7 @@ from src.training.cell_datamodule import CellCropDataModule
 from src.training.cell_validation import CellValidation
 from src.training.checkpoints import read_checkpoint_hparams
 from src.training.lit_model import LitModel
+from src.training.trainer import build_trainer, report_fit
 
 say = rank_zero_only(print)
 
@@ -103,32 +102,6 @@ def run_cell_classification(args: argparse.Namespace) -> None:
         read_mask_dir(args.cell_crop_dir, "train"),
         args.segm_truth_dir,
     )
-    logger = TensorBoardLogger(save_dir=args.default_root_dir, name="lightning_logs", default_hp_metric=False)
-    checkpoint = ModelCheckpoint(
-        monitor="val/loss",
-        mode="min",
-        save_last=True,
-        filename="epoch-{epoch}-step-{step}",
-        auto_insert_metric_name=False,
-    )
-    trainer = pl.Trainer(
-        accelerator=args.accelerator,
-        devices=args.devices,
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
-        precision=args.precision,
-        benchmark=args.benchmark,
-        max_epochs=args.max_epochs,
-        default_root_dir=args.default_root_dir,
-        logger=logger,
-        callbacks=[checkpoint, validation],
-        limit_train_batches=args.limit_train_batches,
-        limit_val_batches=args.limit_val_batches,
-        log_every_n_steps=args.log_every_n_steps,
-    )
+    trainer, checkpoint, logger = build_trainer(args, [validation])
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path)
-    metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    say(f"log dir: {logger.log_dir}")
-    say(f"best checkpoint (val/loss): {checkpoint.best_model_path}")
-    say(f"last checkpoint: {checkpoint.last_model_path}")
-    say(f"final validation: {metrics}")
+    report_fit(trainer, checkpoint, logger)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_only
 
 from src.data.classes import NUM_CLASSES
 from src.metrics import load_truth
@@ -32,33 +30,7 @@ from src.training.checkpoints import load_checkpoint_file, read_checkpoint_hpara
 from src.training.datamodule import HPADataModule
 from src.training.lit_model import LitModel
 from src.training.lr_find import find_lr
-
-PRECISIONS = {
-    "16": "16-mixed",
-    "16-mixed": "16-mixed",
-    "bf16": "bf16-mixed",
-    "bf16-mixed": "bf16-mixed",
-    "32": "32-true",
-    "32-true": "32-true",
-}
-say = rank_zero_only(print)
-# LitModel normalises uint8 batches on the device in on_after_batch_transfer, on purpose.
-warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
-warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
-
-
-def resolve_trainer_args(args: argparse.Namespace) -> None:
-    """Map the old --gpu flag and --precision 16; fall back to 32-bit on CPU (16-bit autocast is a GPU feature)."""
-    if args.gpu is not None:
-        say(f"--gpu {args.gpu} is the old flag: using --accelerator gpu --devices {args.gpu}")
-        args.accelerator, args.devices = "gpu", args.gpu
-    if isinstance(args.devices, str) and args.devices.isdigit():
-        args.devices = int(args.devices)
-    args.precision = PRECISIONS[str(args.precision)]
-    on_cpu = args.accelerator == "cpu" or (args.accelerator == "auto" and not torch.cuda.is_available())
-    if on_cpu and args.precision == "16-mixed":
-        warnings.warn("--precision 16-mixed needs a GPU; training in 32-bit on CPU", stacklevel=2)
-        args.precision = "32-true"
+from src.training.trainer import build_trainer, report_fit, resolve_trainer_args, say
 
 
 def check_start_checkpoint(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -205,39 +177,6 @@ def build_datamodule(
     return datamodule
 
 
-MONITORS = {"val/loss": "min", "val/mAP": "max", "val/F1": "max"}  # --monitor: the kept checkpoint's metric
-
-
-def build_trainer(args: argparse.Namespace) -> tuple[pl.Trainer, ModelCheckpoint, TensorBoardLogger]:
-    """Lightning trainer with TensorBoard logging and the best (by ``args.monitor``) and last checkpoints."""
-    if args.monitor not in MONITORS:
-        raise ValueError(f"--monitor must be one of {sorted(MONITORS)}, got {args.monitor!r}")
-    logger = TensorBoardLogger(save_dir=args.default_root_dir, name="lightning_logs", default_hp_metric=False)
-    checkpoint = ModelCheckpoint(
-        monitor=args.monitor,
-        mode=MONITORS[args.monitor],
-        save_last=True,
-        filename="epoch-{epoch}-step-{step}",
-        auto_insert_metric_name=False,
-    )
-    trainer = pl.Trainer(
-        accelerator=args.accelerator,
-        devices=args.devices,
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
-        precision=args.precision,
-        benchmark=args.benchmark,
-        max_epochs=args.max_epochs,
-        default_root_dir=args.default_root_dir,
-        logger=logger,
-        callbacks=[checkpoint],
-        limit_train_batches=args.limit_train_batches,
-        limit_val_batches=args.limit_val_batches,
-        log_every_n_steps=args.log_every_n_steps,
-    )
-    return trainer, checkpoint, logger
-
-
 def build_run(args: argparse.Namespace) -> TrainingRun:
     """Check the arguments, then build data, network (one factory for classifier and U-Net) and trainer.
 
@@ -273,9 +212,5 @@ def train(args: argparse.Namespace) -> TrainingRun | None:
         say(f"lr_find: suggested --lr {suggestion:.3g} (curve: {Path(args.default_root_dir) / 'lr_find.png'})")
         return run
     run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=run.resume_path)
-    metrics = {k: round(float(v), 4) for k, v in run.trainer.callback_metrics.items() if k.startswith("val/")}
-    say(f"log dir: {run.logger.log_dir}")
-    say(f"best checkpoint ({args.monitor}): {run.checkpoint.best_model_path}")
-    say(f"last checkpoint: {run.checkpoint.last_model_path}")
-    say(f"final validation: {metrics}")
+    report_fit(run.trainer, run.checkpoint, run.logger)
     return run

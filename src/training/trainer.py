@@ -1,0 +1,90 @@
+"""The Lightning trainer every training run shares: precision flags, logging, checkpoints and the final report.
+
+Used by the image classifier and stage-2 U-Net (:mod:`src.training.run`) and the cell classifier
+(:mod:`src.training.cell_run`), so both write the same run folder: TensorBoard events, ``hparams.yaml``, the best
+checkpoint by ``--monitor`` and ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+PRECISIONS = {
+    "16": "16-mixed",
+    "16-mixed": "16-mixed",
+    "bf16": "bf16-mixed",
+    "bf16-mixed": "bf16-mixed",
+    "32": "32-true",
+    "32-true": "32-true",
+}
+say = rank_zero_only(print)
+# LitModel normalises uint8 batches on the device in on_after_batch_transfer, on purpose.
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
+
+
+def resolve_trainer_args(args: argparse.Namespace) -> None:
+    """Map the old --gpu flag and --precision 16; fall back to 32-bit on CPU (16-bit autocast is a GPU feature)."""
+    if args.gpu is not None:
+        say(f"--gpu {args.gpu} is the old flag: using --accelerator gpu --devices {args.gpu}")
+        args.accelerator, args.devices = "gpu", args.gpu
+    if isinstance(args.devices, str) and args.devices.isdigit():
+        args.devices = int(args.devices)
+    args.precision = PRECISIONS[str(args.precision)]
+    on_cpu = args.accelerator == "cpu" or (args.accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and args.precision == "16-mixed":
+        warnings.warn("--precision 16-mixed needs a GPU; training in 32-bit on CPU", stacklevel=2)
+        args.precision = "32-true"
+
+
+MONITORS = {"val/loss": "min", "val/mAP": "max", "val/F1": "max"}  # --monitor: the kept checkpoint's metric
+
+
+def build_trainer(
+    args: argparse.Namespace, callbacks: Sequence[Callback] = ()
+) -> tuple[pl.Trainer, ModelCheckpoint, TensorBoardLogger]:
+    """Lightning trainer with TensorBoard logging, the best (by ``args.monitor``) and last checkpoints, and any
+    further ``callbacks``."""
+    if args.monitor not in MONITORS:
+        raise ValueError(f"--monitor must be one of {sorted(MONITORS)}, got {args.monitor!r}")
+    logger = TensorBoardLogger(save_dir=args.default_root_dir, name="lightning_logs", default_hp_metric=False)
+    checkpoint = ModelCheckpoint(
+        monitor=args.monitor,
+        mode=MONITORS[args.monitor],
+        save_last=True,
+        filename="epoch-{epoch}-step-{step}",
+        auto_insert_metric_name=False,
+    )
+    trainer = pl.Trainer(
+        accelerator=args.accelerator,
+        devices=args.devices,
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+        precision=args.precision,
+        benchmark=args.benchmark,
+        max_epochs=args.max_epochs,
+        default_root_dir=args.default_root_dir,
+        logger=logger,
+        callbacks=[checkpoint, *callbacks],
+        limit_train_batches=args.limit_train_batches,
+        limit_val_batches=args.limit_val_batches,
+        log_every_n_steps=args.log_every_n_steps,
+    )
+    return trainer, checkpoint, logger
+
+
+def report_fit(trainer: pl.Trainer, checkpoint: ModelCheckpoint, logger: TensorBoardLogger) -> None:
+    """Print where a finished fit left its logs and checkpoints, and its final validation metrics."""
+    metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    say(f"log dir: {logger.log_dir}")
+    say(f"best checkpoint ({checkpoint.monitor}): {checkpoint.best_model_path}")
+    say(f"last checkpoint: {checkpoint.last_model_path}")
+    say(f"final validation: {metrics}")
