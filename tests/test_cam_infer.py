@@ -202,7 +202,7 @@ def test_tune_scoring_script_scores_each_setting_on_the_validation_fold(tiny_syn
         f"| `--conf_how cell_logit --logit_margin 3` | {maps[1]} |",
     ]
     config = yaml.safe_load((tmp_path / "tune" / "conf_how_cell_logit_logit_margin_3.csv.config.yaml").read_text())
-    assert (config["split"], config["fold"], config["logit_margin"]) == ("train", 0, 3)
+    assert (config["split"], config["fold"], config["scoring"]["logit_margin"]) == ("train", 0, 3)
 
 
 def test_cli_yaml_override_and_gradcam(tiny_synthetic, tiny_checkpoint, tmp_path):
@@ -216,7 +216,8 @@ def test_cli_yaml_override_and_gradcam(tiny_synthetic, tiny_checkpoint, tmp_path
         "--cam_method", "gradcam", "--tta_scales", "[1.0, 1.25]", "--conf_how", "max",
     )  # fmt: skip
     resolved = yaml.safe_load((tmp_path / "sub.csv.config.yaml").read_text())
-    assert (resolved["cam_method"], resolved["conf_how"], resolved["tta_scales"]) == ("gradcam", "max", [1.0, 1.25])
+    resolved_view = (resolved["cam_method"], resolved["scoring"]["conf_how"], resolved["tta_scales"])
+    assert resolved_view == ("gradcam", "max", [1.0, 1.25])
     assert len(read_submission(tmp_path / "sub.csv")) == 6
 
 
