@@ -58,7 +58,3 @@ def test_unreadable_image_is_named_and_the_rest_hashed(planted):
     kept, hashes, errors = hash_images(data, [("train", i) for i in ids])
     assert [i for _, i in kept] == [ids[0], ids[2]] and hashes.shape == (2, 64)
     assert len(errors) == 1 and ids[1] in errors[0]
-
-
-def test_find_duplicates_help():
-    assert "max_distance" in run_script("find_duplicates.py", "--help").stdout

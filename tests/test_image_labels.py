@@ -68,10 +68,6 @@ def test_thresholds_of_another_checkpoint_or_class_count_are_refused(tmp_path):
         load_thresholds(path, ckpt, num_classes=28)
 
 
-def test_predict_image_labels_help():
-    assert "fit_fold" in run_script("predict_image_labels.py", "--help").stdout
-
-
 def test_predict_image_labels_fits_on_a_fold_and_labels_the_test_split(tiny_synthetic, tiny_checkpoint, tmp_path):
     thresholds = tmp_path / "thresholds.json"
     run_script(

@@ -38,7 +38,3 @@ def test_zoo_member_in_ckpt_paths_loads_the_packed_weights(zoo, tiny_checkpoint)
 def test_unknown_zoo_member_lists_the_members(zoo):
     with pytest.raises(ValueError, match=r"no member 'c'; members: \['a', 'b'\]"):
         CheckpointSpec.parse(["both", 1, f"{zoo}#c"], 0)
-
-
-def test_make_model_zoo_help():
-    assert "--names" in run_script("make_model_zoo.py", "--help").stdout

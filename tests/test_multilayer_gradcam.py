@@ -84,10 +84,6 @@ def test_counting_scores_iou_counts_and_detections():
     assert summary["det_precision"] == 0.5 and summary["det_recall"] == pytest.approx(1 / 3, abs=1e-4)
 
 
-def test_count_positive_cells_help():
-    assert "prob_threshold" in run_script("count_positive_cells.py", "--help").stdout
-
-
 def test_count_positive_cells_writes_counts_and_metrics(tiny_synthetic, tiny_checkpoint, tmp_path):
     run_script(
         "count_positive_cells.py", "--data_dir", str(tiny_synthetic), "--ckpt", str(tiny_checkpoint),
