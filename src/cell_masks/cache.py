@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import time
 import zipfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from tqdm import tqdm
 from src.cell_masks.segment import Segmenter, get_segmenter
 from src.data.atomic import atomic_path, write_text_atomic
 from src.data.io import read_rgby
+from src.data.per_image import run_per_image
 
 logger = logging.getLogger(__name__)
 
@@ -244,20 +243,6 @@ def fill_mask_cache(
             setattr(report, outcome, getattr(report, outcome) + 1)
         progress.update()
 
-    if workers <= 1:
-        _init_worker(*init_args)
-        for image_id in selected:
-            try:
-                record(image_id, _fill_one(image_id))
-            except Exception as error:  # one bad image must not stop the others
-                record(image_id, error)
-    else:
-        # "spawn": forking a parent that already runs OpenCV/OpenMP threads can deadlock the children.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init_args) as pool:
-            futures = {pool.submit(_fill_one, image_id): image_id for image_id in selected}
-            for future in as_completed(futures):
-                error = future.exception()
-                record(futures[future], error if error is not None else future.result())
+    run_per_image(selected, _fill_one, _init_worker, init_args, workers, record)
     progress.close()
     return report

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from src.cell_masks.cache import MaskCache, shard_ids
 from src.crops.geometry import CellCrops, crop_channels, extract_cell_crops
 from src.data.atomic import atomic_path, write_csv_atomic, write_text_atomic
 from src.data.io import read_rgby
+from src.data.per_image import run_per_image
 from src.scoring.cell_scores import CellScoreConfig, dark_negative
 
 logger = logging.getLogger(__name__)
@@ -245,20 +244,7 @@ def extract_split(
             report.cells += outcome
         progress.update()
 
-    if workers <= 1 or len(todo) <= 1:
-        _init_worker(*init_args)
-        for image_id in todo:
-            try:
-                record(image_id, _extract_one(image_id))
-            except Exception as error:  # one bad image must not stop the others
-                record(image_id, error)
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init_args) as pool:
-            futures = {pool.submit(_extract_one, image_id): image_id for image_id in todo}
-            for future in as_completed(futures):
-                error = future.exception()
-                record(futures[future], error if error is not None else future.result())
+    run_per_image(todo, _extract_one, _init_worker, init_args, workers if len(todo) > 1 else 1, record)
     progress.close()
     build_index(crop_dir, split, ids)
     return report
