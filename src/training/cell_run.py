@@ -10,26 +10,22 @@ stages; the store's manifest is saved as ``crop_spec`` so inference cuts the sam
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.callbacks import Callback
 
 from src.crops.store import read_mask_dir
 from src.crops.targets import CELL_TARGETS
 from src.data.classes import NUM_CLASSES
-from src.models.backbone import check_model_name, parse_timm_kwargs
 from src.models.cell_classifier import MIL_POOLS
 from src.models.factory import build_criterion, build_network
 from src.training.cell_datamodule import CellCropDataModule
 from src.training.cell_validation import CellValidation
 from src.training.checkpoints import read_checkpoint_hparams
 from src.training.lit_model import LitModel
-from src.training.trainer import build_trainer, report_fit
-
-say = rank_zero_only(print)
+from src.training.trainer import TrainingRun, build_trainer, check_shared_args
 
 
 def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,8 +42,9 @@ def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
     cell.add_argument("--bag_images", type=int, default=8, help="images per batch with --mil_pool")
 
 
-def run_cell_classification(args: argparse.Namespace) -> None:
-    """Train the cell classifier described by ``args`` (run_classification.py's resolved arguments).
+def build_cell_run(args: argparse.Namespace, callbacks: Sequence[Callback] = ()) -> TrainingRun:
+    """Check the arguments and build the cell classifier's data, network and trainer (with the per-cell validation
+    and any further ``callbacks``); ``args`` are run_classification.py's resolved arguments.
 
     Raises:
         ValueError: options of the image stages (round >= 1, Puzzle-CAM, --segm_label_dir), a resumed checkpoint
@@ -57,11 +54,7 @@ def run_cell_classification(args: argparse.Namespace) -> None:
         raise ValueError(
             "--cell_crop_dir trains the cell classifier: drop --round_nb, --puzzle_cam and --segm_label_dir"
         )
-    check_model_name(args.timm_model_name)
-    timm_kwargs = parse_timm_kwargs(args.timm_kwargs)
-    args.timm_kwargs = json.dumps(timm_kwargs, sort_keys=True)
-    if args.segm_truth_dir is not None and not (Path(args.segm_truth_dir) / "cell_labels.csv").is_file():
-        raise FileNotFoundError(f"--segm_truth_dir {args.segm_truth_dir} has no cell_labels.csv (a benchmark truth/)")
+    check_shared_args(args)
     datamodule = CellCropDataModule(
         args.cell_crop_dir,
         args.data_dir,
@@ -102,6 +95,5 @@ def run_cell_classification(args: argparse.Namespace) -> None:
         read_mask_dir(args.cell_crop_dir, "train"),
         args.segm_truth_dir,
     )
-    trainer, checkpoint, logger = build_trainer(args, [validation])
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path)
-    report_fit(trainer, checkpoint, logger)
+    trainer, checkpoint, logger = build_trainer(args, [validation, *callbacks])
+    return TrainingRun(args, datamodule, model, trainer, checkpoint, logger, resume_path)

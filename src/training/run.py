@@ -9,28 +9,25 @@ another network and target.
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.callbacks import Callback
 
 from src.data.classes import NUM_CLASSES
 from src.metrics import load_truth
-from src.models.backbone import check_model_name, parse_timm_kwargs
 from src.models.factory import build_criterion, build_network, is_segmentation_run, num_sub_classes
 from src.models.unet import check_input_size, parse_decoder_channels
 from src.sccam.sub_labels import read_sub_label_table
 from src.segm_labels.targets import SegmTargetReader
-from src.training.cell_run import run_cell_classification
+from src.training.cell_run import build_cell_run
 from src.training.checkpoints import load_checkpoint_file, read_checkpoint_hparams
 from src.training.datamodule import HPADataModule
 from src.training.lit_model import LitModel
 from src.training.lr_find import find_lr
-from src.training.trainer import build_trainer, report_fit, resolve_trainer_args, say
+from src.training.trainer import TrainingRun, build_trainer, check_shared_args, report_fit, say
 
 
 def check_start_checkpoint(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -105,22 +102,7 @@ def check_segmentation_args(args: argparse.Namespace) -> SegmTargetReader | None
     check_input_size(args.input_size)
     if args.crop_size:
         check_input_size(args.crop_size, "--crop_size")
-    if args.segm_truth_dir is not None and not (Path(args.segm_truth_dir) / "cell_labels.csv").is_file():
-        raise FileNotFoundError(f"--segm_truth_dir {args.segm_truth_dir} has no cell_labels.csv (a benchmark truth/)")
     return SegmTargetReader(args.segm_label_dir, args.segm_thresh)
-
-
-@dataclass
-class TrainingRun:
-    """Everything a fit needs, built and checked by :func:`build_run`."""
-
-    args: argparse.Namespace
-    datamodule: HPADataModule
-    model: LitModel
-    trainer: pl.Trainer
-    checkpoint: ModelCheckpoint
-    logger: TensorBoardLogger
-    resume_path: str | None
 
 
 def check_run_args(args: argparse.Namespace) -> tuple[SegmTargetReader | None, dict | None]:
@@ -130,9 +112,7 @@ def check_run_args(args: argparse.Namespace) -> tuple[SegmTargetReader | None, d
         (stage-2 target reader or None, SC-CAM sub-labels or None); sets ``args.num_classes``, ``args.k_cluster``
         and the canonical ``args.timm_kwargs``.
     """
-    resolve_trainer_args(args)
-    check_model_name(args.timm_model_name)
-    args.timm_kwargs = json.dumps(parse_timm_kwargs(args.timm_kwargs), sort_keys=True)
+    check_shared_args(args)
     segm_reader = check_segmentation_args(args)
     args.num_classes = NUM_CLASSES
     sub_labels, args.k_cluster = None, None
@@ -177,12 +157,15 @@ def build_datamodule(
     return datamodule
 
 
-def build_run(args: argparse.Namespace) -> TrainingRun:
-    """Check the arguments, then build data, network (one factory for classifier and U-Net) and trainer.
+def build_run(args: argparse.Namespace, callbacks: Sequence[Callback] = ()) -> TrainingRun:
+    """Check the arguments, then build data, network (one factory for classifier and U-Net) and trainer (with any
+    further ``callbacks``). A ``--cell_crop_dir`` run is the cell classifier of :func:`src.training.cell_run.build_cell_run`.
 
     Raises:
         ValueError, FileNotFoundError: bad arguments or inputs, naming the flag or file, before any training.
     """
+    if getattr(args, "cell_crop_dir", None):  # cell stage: a classifier on single-cell crops
+        return build_cell_run(args, callbacks)
     segm_reader, sub_labels = check_run_args(args)
     resume_path, init_path = check_start_checkpoint(args)
     datamodule = build_datamodule(args, segm_reader, sub_labels)
@@ -194,18 +177,13 @@ def build_run(args: argparse.Namespace) -> TrainingRun:
     elif args.backbone_ckpt is None and resume_path is None:
         say(f"no --backbone_ckpt: {args.timm_model_name} starts from random weights")
     model = LitModel(network, build_criterion(vars(args)), **vars(args))
-    trainer, checkpoint, logger = build_trainer(args)
+    trainer, checkpoint, logger = build_trainer(args, callbacks)
     return TrainingRun(args, datamodule, model, trainer, checkpoint, logger, resume_path)
 
 
-def train(args: argparse.Namespace) -> TrainingRun | None:
+def train(args: argparse.Namespace) -> TrainingRun:
     """Build the run, fit it (resuming ``--ckpt_path`` of the same round) and print where everything went;
-    with ``--lr_find`` only run the learning-rate range test and print its suggestion. A ``--cell_crop_dir`` run
-    trains the cell classifier of :mod:`src.training.cell_run` instead (returns None)."""
-    if getattr(args, "cell_crop_dir", None):  # cell stage: a classifier on single-cell crops
-        resolve_trainer_args(args)
-        run_cell_classification(args)
-        return None
+    with ``--lr_find`` only run the learning-rate range test and print its suggestion."""
     run = build_run(args)
     if args.lr_find:
         suggestion = find_lr(run, args.default_root_dir, args.lr_find_steps)

@@ -8,14 +8,19 @@ checkpoint by ``--monitor`` and ``last.ckpt``.
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
+
+from src.models.backbone import check_model_name, parse_timm_kwargs
 
 PRECISIONS = {
     "16": "16-mixed",
@@ -31,6 +36,20 @@ warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer
 warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
 
 
+def check_shared_args(args: argparse.Namespace) -> None:
+    """The checks every run shares, in place: trainer flags (:func:`resolve_trainer_args`), a known timm name, the
+    canonical JSON of ``--timm_kwargs`` and a ``--segm_truth_dir`` holding ``cell_labels.csv``.
+
+    Raises:
+        ValueError: an unknown model name or bad --timm_kwargs. FileNotFoundError: a truth folder without its table.
+    """
+    resolve_trainer_args(args)
+    check_model_name(args.timm_model_name)
+    args.timm_kwargs = json.dumps(parse_timm_kwargs(args.timm_kwargs), sort_keys=True)
+    if args.segm_truth_dir is not None and not (Path(args.segm_truth_dir) / "cell_labels.csv").is_file():
+        raise FileNotFoundError(f"--segm_truth_dir {args.segm_truth_dir} has no cell_labels.csv (a benchmark truth/)")
+
+
 def resolve_trainer_args(args: argparse.Namespace) -> None:
     """Map the old --gpu flag and --precision 16; fall back to 32-bit on CPU (16-bit autocast is a GPU feature)."""
     if args.gpu is not None:
@@ -43,6 +62,20 @@ def resolve_trainer_args(args: argparse.Namespace) -> None:
     if on_cpu and args.precision == "16-mixed":
         warnings.warn("--precision 16-mixed needs a GPU; training in 32-bit on CPU", stacklevel=2)
         args.precision = "32-true"
+
+
+@dataclass
+class TrainingRun:
+    """Everything a fit needs, built and checked by :func:`src.training.run.build_run` (or the cell stage's
+    :func:`src.training.cell_run.build_cell_run`)."""
+
+    args: argparse.Namespace
+    datamodule: pl.LightningDataModule
+    model: pl.LightningModule
+    trainer: pl.Trainer
+    checkpoint: ModelCheckpoint
+    logger: TensorBoardLogger
+    resume_path: str | None
 
 
 MONITORS = {"val/loss": "min", "val/mAP": "max", "val/F1": "max"}  # --monitor: the kept checkpoint's metric
