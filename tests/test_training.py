@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 
@@ -181,6 +182,41 @@ def test_image_cache_is_built_once_and_matches_the_resized_original(kaggle_data,
     )
 
 
+def test_png_and_npy_caches_give_the_same_augmented_batches(kaggle_data, tmp_path):
+    batches = {}
+    for cache_format in ("png", "npy", "png"):
+        datamodule = HPADataModule(
+            kaggle_data, input_size=32, cache_size=48, cache_dir=tmp_path / cache_format, cache_format=cache_format,
+            batch_size=8, num_workers=0, aug_mode=1,
+        )  # fmt: skip
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        pl.seed_everything(5, verbose=False)  # augmentations and order follow the run's seed
+        batches.setdefault(cache_format, []).append(next(iter(datamodule.train_dataloader())))
+    assert len(list((tmp_path / "npy" / "train").glob("*.npy"))) == 20
+    png_first, png_again = batches["png"]
+    torch.testing.assert_close(png_first["image"], png_again["image"])  # the seed fixes the augmentation
+    torch.testing.assert_close(batches["npy"][0]["image"], png_first["image"])
+    assert batches["npy"][0]["id"] == png_first["id"]
+
+
+def test_loader_workers_draw_their_own_augmentations_and_follow_the_seed(kaggle_data, tmp_path):
+    datamodule = HPADataModule(kaggle_data, input_size=32, cache_dir=tmp_path / "cache", num_workers=0, aug_mode=2)
+    datamodule.prepare_data()
+    same_image = datamodule.make_dataset(np.zeros(8, dtype=int), train=True)  # one image, 8 times
+
+    def two_batches(seed: int) -> list[torch.Tensor]:
+        pl.seed_everything(seed, verbose=False)
+        loader = torch.utils.data.DataLoader(same_image, batch_size=4, num_workers=2)  # worker w makes batch w
+        return [batch["image"] for batch in loader]
+
+    first, second = two_batches(5)
+    assert not torch.equal(first, second)  # a worker repeating the other's stream would flip and turn alike
+    for again, before in zip(two_batches(5), (first, second), strict=True):
+        torch.testing.assert_close(again, before)
+    assert not torch.equal(torch.cat(two_batches(6)), torch.cat([first, second]))
+
+
 def test_batches_are_uint8_images_with_multihot_targets_and_disjoint_folds(kaggle_data, tmp_path):
     datamodule = HPADataModule(
         kaggle_data, input_size=32, cache_dir=tmp_path / "cache", batch_size=4, num_workers=0, in_chans=3
@@ -197,10 +233,10 @@ def test_batches_are_uint8_images_with_multihot_targets_and_disjoint_folds(kaggl
     assert not train_ids & val_ids and len(train_ids | val_ids) == 20
 
 
-def test_mask_target_is_augmented_together_with_the_image(kaggle_data, tmp_path):
+def test_mask_target_is_augmented_together_with_the_image_and_stays_uint8(kaggle_data, tmp_path):
     def green_band_mask(image_id: str, shape: tuple[int, int]) -> np.ndarray:
         green = resize_image(read_rgby(kaggle_data, image_id), shape[::-1])[..., 1]
-        return (green > 100).astype(np.float32)[..., None]
+        return (green > 100).astype(np.uint8)[..., None]
 
     datamodule = HPADataModule(
         kaggle_data, input_size=64, cache_dir=tmp_path / "cache", num_workers=0, aug_mode=2, mask_reader=green_band_mask
@@ -209,8 +245,8 @@ def test_mask_target_is_augmented_together_with_the_image(kaggle_data, tmp_path)
     datamodule.setup("fit")
     for index in range(6):
         sample = datamodule.train_set[index]
-        assert sample["target"].shape == (1, 64, 64)
-        torch.testing.assert_close(sample["target"][0], (sample["image"][1] > 100).float())
+        assert sample["target"].shape == (1, 64, 64) and sample["target"].dtype == torch.uint8
+        torch.testing.assert_close(sample["target"][0], (sample["image"][1] > 100).to(torch.uint8))
 
 
 def test_training_crops_keep_image_and_mask_aligned_and_validation_sees_the_whole_image(kaggle_data, tmp_path):

@@ -56,6 +56,7 @@ class CellCropDataset(Dataset):
         self.targets, self.image_targets = targets, image_targets
         self.train, self.seed = train, seed
         self._rng: np.random.Generator | None = None
+        self._rng_pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -63,8 +64,9 @@ class CellCropDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         crop = self.reader(self.ids[i], int(self.rows[i]))
         if self.train:
-            if self._rng is None:  # per worker process: torch seeds each worker differently
+            if self._rng_pid != os.getpid():  # per process: torch seeds each DataLoader worker differently
                 self._rng = np.random.default_rng((torch.initial_seed() + self.seed) % 2**32)
+                self._rng_pid = os.getpid()
             crop = augment_crop(crop, self._rng)
         return {
             "id": str(self.ids[i]),

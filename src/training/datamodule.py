@@ -3,7 +3,8 @@
 Decoding four 2048x2048 PNGs per sample starves any model, so every image is resized once to
 ``cache_size`` and stored as one 4-channel file ``{cache_dir}/{split}/{ID}.png`` (or ``.npy``),
 written atomically and reused by later runs. Batches are dicts: ``image`` uint8 (N, C, H, W),
-``target`` float (N, 19) (or a (N, K, H, W) mask when a ``mask_reader`` is given), ``sub_target``
+``target`` float (N, 19) (or a (N, K, H, W) uint8 mask when a ``mask_reader`` is given: a quarter of the bytes a
+float mask would carry between processes; the loss converts it on the device), ``sub_target``
 (N, 19k) in SC-CAM rounds >= 1, and ``id``.
 """
 
@@ -119,8 +120,8 @@ class HPADataset(Dataset):
         cache_size: side of cached images (or the resize of originals when there is no cache).
         cache_format: png or npy.
         sub_targets: (N, 19k) float32 sub-category multi-hot or None.
-        mask_reader: ``f(ID, (height, width)) -> (H, W, K)`` mask; when given, ``target`` is that mask,
-            transformed with the image, as (K, H, W) float.
+        mask_reader: ``f(ID, (height, width)) -> (H, W, K)`` uint8 mask; when given, ``target`` is that mask,
+            transformed with the image, as (K, H, W) uint8.
     """
 
     def __init__(
@@ -144,9 +145,18 @@ class HPADataset(Dataset):
         self.cache_format = cache_format
         self.sub_targets = sub_targets
         self.mask_reader = mask_reader
+        self._seeded_pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def _transform(self, **data: np.ndarray) -> dict[str, np.ndarray]:
+        # albumentations draws from its own generator, deaf to global seeds: seed it once per process from
+        # torch's initial seed, which follows --seed (seed_everything) and differs between DataLoader workers
+        if self._seeded_pid != os.getpid():
+            self.transforms.set_random_seed(torch.initial_seed() % 2**32)
+            self._seeded_pid = os.getpid()
+        return self.transforms(**data)
 
     def read_image(self, index: int) -> np.ndarray:
         """(cache_size, cache_size, 4) uint8."""
@@ -160,10 +170,10 @@ class HPADataset(Dataset):
         image_id = str(self.records[index][0])
         sample: dict[str, Any] = {"id": image_id}
         if self.mask_reader is not None:
-            out = self.transforms(image=image, mask=self.mask_reader(image_id, image.shape[:2]))
-            sample["target"] = torch.from_numpy(np.ascontiguousarray(out["mask"].transpose(2, 0, 1))).float()
+            out = self._transform(image=image, mask=self.mask_reader(image_id, image.shape[:2]))
+            sample["target"] = torch.from_numpy(np.ascontiguousarray(out["mask"].transpose(2, 0, 1)))
         else:
-            out = self.transforms(image=image)
+            out = self._transform(image=image)
             sample["target"] = torch.from_numpy(self.targets[index])
         sample["image"] = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
         if self.sub_targets is not None:
