@@ -126,6 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     trainer.add_argument("--gpu", type=int, default=None, help="old flag: same as --accelerator gpu --devices N")
     trainer.add_argument("--precision", default="32", choices=sorted(PRECISIONS), help="16 means 16-mixed")
     trainer.add_argument("--benchmark", action="store_true", help="cudnn.benchmark")
+    trainer.add_argument(
+        "--compile", action="store_true", help="torch.compile the network (first steps slower; weights unchanged)"
+    )
     trainer.add_argument("--default_root_dir", default=".")
     trainer.add_argument(
         "--ckpt_path", default=None, help="resume this run, or start round >= 1 from an earlier round's checkpoint"

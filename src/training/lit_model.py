@@ -126,6 +126,8 @@ class LitModel(pl.LightningModule):
         # channels_last before the strategy moves and wraps the network (DDP buckets keep this layout)
         if self.trainer.strategy.root_device.type == "cuda":
             self.network.to(memory_format=torch.channels_last)
+        if self.hparams.get("compile", False):
+            self.network.compile()  # in place: the state dict keeps its keys, checkpoints load without it
 
     def on_fit_start(self) -> None:
         # Declares the metrics of TensorBoard's HPARAMS tab; later val/* values fill it in.
