@@ -15,7 +15,7 @@ import torch
 from src.sccam.feature_files import save_features
 from src.sccam.features import extract_features
 from src.training.checkpoints import load_trained_pl_model
-from src.training.datamodule import EXT_DATA_MODES, HPADataModule
+from src.training.datamodule import EXT_DATA_MODES, HPADataModule, default_loader_workers
 from src.training.lit_model import LitModel
 
 
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--ext_data_dir", default=None)
     data.add_argument("--ext_data_mode", type=int, default=None, choices=sorted(EXT_DATA_MODES))
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--num_workers", type=int, default=4)
+    parser.add_argument("--num_workers", type=int, default=default_loader_workers())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
 

@@ -18,7 +18,7 @@ from src.models.losses import LOSS_NAMES
 from src.models.unet import DECODER_CHANNELS
 from src.training.augment import AUG_MODES
 from src.training.cell_run import add_cell_arguments
-from src.training.datamodule import CACHE_FORMATS, EXT_DATA_MODES
+from src.training.datamodule import CACHE_FORMATS, DEFAULT_CACHE_FORMAT, EXT_DATA_MODES, default_loader_workers
 from src.training.lit_model import OPTIM_NAMES, SCHEDULERS
 from src.training.run import train
 from src.training.trainer import MONITORS, PRECISIONS
@@ -51,7 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="side of the resized image cache (default: input_size; 0: no cache)",
     )
     data.add_argument("--cache_dir", default=None, help="default {data_dir}/cache_{cache_size}")
-    data.add_argument("--cache_format", choices=CACHE_FORMATS, default="png")
+    data.add_argument(
+        "--cache_format",
+        choices=CACHE_FORMATS,
+        default=DEFAULT_CACHE_FORMAT,
+        help="npy: no decoding; png: half the disk",
+    )
     data.add_argument("--aug_mode", type=int, default=1, choices=sorted(AUG_MODES), help=str(AUG_MODES))
     data.add_argument("--use_ext_data", action="store_true", help="add the public HPA extra images to training")
     data.add_argument(
@@ -60,7 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--ext_data_dir", default=None, help="folder of the extra images (default: the csv's folder)")
     data.add_argument("--ext_data_mode", type=int, default=0, choices=sorted(EXT_DATA_MODES), help=str(EXT_DATA_MODES))
     data.add_argument("--batch_size", type=int, default=16)
-    data.add_argument("--num_workers", type=int, default=4)
+    data.add_argument(
+        "--num_workers",
+        type=int,
+        default=default_loader_workers(),
+        help="loader processes (default: usable cores, <= 8)",
+    )
 
     model = parser.add_argument_group("model")
     model.add_argument("--timm_model_name", default="resnet50")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -78,19 +79,22 @@ def test_segm_thresh_sweep_retrains_only_the_unet(pipeline_run):
 
 
 def test_stage2_off_stops_after_stage1(pipeline_run, tmp_path):
-    import shutil
-
+    """A copy of the finished run without its stage-2 outputs: STAGE2=0 must not make them again and must submit
+    round 1 (the stage-1 inference rows are kept, so the re-run only evaluates)."""
     root, env, _ = pipeline_run
     out = tmp_path / "out"
     shutil.copytree(root / "out", out, symlinks=True)
-    shutil.rmtree(out / "submissions")
-    for marker in (out / ".done").glob("infer_*"):
-        marker.unlink()
+    for name in ("segmentation", "infer_segmentation", "infer_ensemble"):
+        (out / ".done" / name).unlink()
+    for path in (out / "segm_train", out / "submissions" / "segmentation.csv", out / "submissions" / "ensemble.csv"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     result = subprocess.run(
         ["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=dict(env, OUT_DIR=str(out), STAGE2="0"),
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "== segmentation" not in result.stdout and not (out / "segm_train").exists()
+    assert not (out / "submissions" / "ensemble.csv").exists()
     results = json.loads((out / "evaluation.json").read_text())["results"]
     assert set(results) == {*STAGES, "image-label floor"} - {"segmentation", "ensemble"}
     assert (out / "submission.csv").read_bytes() == (out / "submissions" / "cam_round1.csv").read_bytes()

@@ -14,7 +14,7 @@ import yaml
 import run_classification
 from src.data.io import read_rgby, resize_image
 from src.training.checkpoints import load_trained_pl_model
-from src.training.datamodule import HPADataModule, cache_file
+from src.training.datamodule import HPADataModule, cache_file, read_cached_image
 from src.training.lit_model import LitModel, macro_average_precision, warmup_cosine
 from src.training.trainer import build_trainer, resolve_trainer_args
 
@@ -176,10 +176,16 @@ def test_image_cache_is_built_once_and_matches_the_resized_original(kaggle_data,
     first_write = cached.stat().st_mtime_ns
     datamodule.prepare_data()
     assert cached.stat().st_mtime_ns == first_write
-    assert len(list((tmp_path / "cache" / "train").glob("*.png"))) == 20
-    np.testing.assert_array_equal(
-        cv2.imread(str(cached), cv2.IMREAD_UNCHANGED), resize_image(read_rgby(kaggle_data, "img003"), 32)
-    )
+    assert cached.suffix == ".npy" and len(list((tmp_path / "cache" / "train").glob("*.npy"))) == 20
+    np.testing.assert_array_equal(np.load(cached), resize_image(read_rgby(kaggle_data, "img003"), 32))
+
+
+@pytest.mark.parametrize("cache_format", ["npy", "png"])
+def test_a_corrupt_cache_file_is_named_with_the_fix(tmp_path, cache_format):
+    path = tmp_path / f"img.{cache_format}"
+    path.write_bytes(b"half a file")
+    with pytest.raises(ValueError, match=rf"corrupt cache file .*img\.{cache_format}: delete it to rebuild"):
+        read_cached_image(path)
 
 
 def test_png_and_npy_caches_give_the_same_augmented_batches(kaggle_data, tmp_path):

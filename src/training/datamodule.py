@@ -1,7 +1,7 @@
 """HPA images for Lightning: a resized on-disk cache, folds, extra data and SC-CAM sub-labels.
 
 Decoding four 2048x2048 PNGs per sample starves any model, so every image is resized once to
-``cache_size`` and stored as one 4-channel file ``{cache_dir}/{split}/{ID}.png`` (or ``.npy``),
+``cache_size`` and stored as one 4-channel file ``{cache_dir}/{split}/{ID}.npy`` (or ``.png``),
 written atomically and reused by later runs. Batches are dicts: ``image`` uint8 (N, C, H, W),
 ``target`` float (N, 19) (or a (N, K, H, W) uint8 mask when a ``mask_reader`` is given: a quarter of the bytes a
 float mask would carry between processes; the loss converts it on the device), ``sub_target``
@@ -32,7 +32,17 @@ from src.training.augment import build_transforms
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMATS = ("png", "npy")
+# npy: raw uint8 read without decoding (a 256 px RGBY image in 0.3 ms against 7 ms for png, see
+# benchmarks/bench_train_throughput.py), S * S * 4 bytes each; png: about half the disk, decoded on every read
+CACHE_FORMATS = ("npy", "png")
+DEFAULT_CACHE_FORMAT = "npy"
+
+
+def default_loader_workers() -> int:
+    """DataLoader workers when none are asked for: one per usable core, at most 8 (2 on a 2-core machine)."""
+    return min(8, len(os.sched_getaffinity(0)))
+
+
 EXT_DATA_MODES = {0: "rows with isin_dataset true", 1: "every row"}
 
 
@@ -78,7 +88,9 @@ def read_ext_data(csv_path: str | os.PathLike, ext_data_mode: int, exclude_ids: 
     )
 
 
-def cache_file(cache_dir: str | os.PathLike, split: str, image_id: str, cache_format: str = "png") -> Path:
+def cache_file(
+    cache_dir: str | os.PathLike, split: str, image_id: str, cache_format: str = DEFAULT_CACHE_FORMAT
+) -> Path:
     """``{cache_dir}/{split or 'root'}/{ID}.{png|npy}``."""
     return Path(cache_dir) / (split or "root") / f"{image_id}.{cache_format}"
 
@@ -95,8 +107,12 @@ def write_cached_image(path: Path, image: np.ndarray) -> None:
 def read_cached_image(path: Path) -> np.ndarray:
     """(H, W, 4) uint8 image written by :func:`write_cached_image`."""
     if path.suffix == ".npy":
-        return np.load(path)
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        try:
+            image = np.load(path)
+        except (OSError, ValueError, EOFError):
+            image = None
+    else:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None or image.ndim != 3 or image.shape[2] != 4:
         raise ValueError(f"corrupt cache file {path}: delete it to rebuild")
     return image
@@ -118,7 +134,7 @@ class HPADataset(Dataset):
         in_chans: 3 drops the yellow channel, 4 keeps RGBY.
         cache_dir: folder of resized images, or None to decode the originals each time.
         cache_size: side of cached images (or the resize of originals when there is no cache).
-        cache_format: png or npy.
+        cache_format: npy (read without decoding) or png (smaller).
         sub_targets: (N, 19k) float32 sub-category multi-hot or None.
         mask_reader: ``f(ID, (height, width)) -> (H, W, K)`` uint8 mask; when given, ``target`` is that mask,
             transformed with the image, as (K, H, W) uint8.
@@ -132,7 +148,7 @@ class HPADataset(Dataset):
         in_chans: int = 4,
         cache_dir: str | os.PathLike | None = None,
         cache_size: int = 512,
-        cache_format: str = "png",
+        cache_format: str = DEFAULT_CACHE_FORMAT,
         sub_targets: np.ndarray | None = None,
         mask_reader: Callable[[str, tuple[int, int]], np.ndarray] | None = None,
     ):
@@ -196,7 +212,7 @@ class HPADataModule(pl.LightningDataModule):
         crop_size: 0, or the side of random training crops of the input_size image.
         cache_size: side of the resized cache; 0 reads the originals every time.
         cache_dir: cache folder; default ``{data_dir}/cache_{cache_size}``.
-        cache_format: png (compact) or npy (fastest to read).
+        cache_format: npy (read without decoding, the default) or png (half the disk, decoded on every read).
         batch_size, num_workers: DataLoader settings.
         aug_mode: see :data:`src.training.augment.AUG_MODES`.
         in_chans: 3 or 4.
@@ -215,7 +231,7 @@ class HPADataModule(pl.LightningDataModule):
         crop_size: int = 0,
         cache_size: int | None = None,
         cache_dir: str | os.PathLike | None = None,
-        cache_format: str = "png",
+        cache_format: str = DEFAULT_CACHE_FORMAT,
         batch_size: int = 16,
         num_workers: int = 4,
         aug_mode: int = 1,
