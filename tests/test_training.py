@@ -242,7 +242,7 @@ def test_batches_are_uint8_images_with_multihot_targets_and_disjoint_folds(kaggl
 def test_mask_target_is_augmented_together_with_the_image_and_stays_uint8(kaggle_data, tmp_path):
     def green_band_mask(image_id: str, shape: tuple[int, int]) -> np.ndarray:
         green = resize_image(read_rgby(kaggle_data, image_id), shape[::-1])[..., 1]
-        return (green > 100).astype(np.uint8)[..., None]
+        return (green > 100).astype(np.uint8)[..., None], None
 
     datamodule = HPADataModule(
         kaggle_data, input_size=64, cache_dir=tmp_path / "cache", num_workers=0, aug_mode=2, mask_reader=green_band_mask
@@ -258,7 +258,7 @@ def test_mask_target_is_augmented_together_with_the_image_and_stays_uint8(kaggle
 def test_training_crops_keep_image_and_mask_aligned_and_validation_sees_the_whole_image(kaggle_data, tmp_path):
     def green_band_mask(image_id: str, shape: tuple[int, int]) -> np.ndarray:
         green = resize_image(read_rgby(kaggle_data, image_id), shape[::-1])[..., 1]
-        return (green > 100).astype(np.float32)[..., None]
+        return (green > 100).astype(np.float32)[..., None], None
 
     datamodule = HPADataModule(
         kaggle_data, input_size=64, crop_size=32, cache_dir=tmp_path / "cache", num_workers=0, aug_mode=2,

@@ -136,8 +136,9 @@ class HPADataset(Dataset):
         cache_size: side of cached images (or the resize of originals when there is no cache).
         cache_format: npy (read without decoding) or png (smaller).
         sub_targets: (N, 19k) float32 sub-category multi-hot or None.
-        mask_reader: ``f(ID, (height, width)) -> (H, W, K)`` uint8 mask; when given, ``target`` is that mask,
-            transformed with the image, as (K, H, W) uint8.
+        mask_reader: ``f(ID, (height, width)) -> (mask, lookup)``; when given, ``target`` is the (H, W, K) uint8
+            mask transformed with the image, as (K, H, W), or, with a (V, K) ``lookup``, the (H, W) id mask
+            transformed with the image (nearest neighbour) and then expanded: ``lookup[mask]``.
     """
 
     def __init__(
@@ -186,8 +187,10 @@ class HPADataset(Dataset):
         image_id = str(self.records[index][0])
         sample: dict[str, Any] = {"id": image_id}
         if self.mask_reader is not None:
-            out = self._transform(image=image, mask=self.mask_reader(image_id, image.shape[:2]))
-            sample["target"] = torch.from_numpy(np.ascontiguousarray(out["mask"].transpose(2, 0, 1)))
+            mask, lookup = self.mask_reader(image_id, image.shape[:2])
+            out = self._transform(image=image, mask=mask)
+            target = out["mask"] if lookup is None else lookup[out["mask"]]
+            sample["target"] = torch.from_numpy(np.ascontiguousarray(target.transpose(2, 0, 1)))
         else:
             out = self._transform(image=image)
             sample["target"] = torch.from_numpy(self.targets[index])
