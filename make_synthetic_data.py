@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from src.synthetic import SyntheticConfig, write_dataset
+from src.synthetic.domains import DomainConfig
 from src.synthetic.duplicates import plant_near_duplicates
 
 
@@ -33,6 +34,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--num_duplicates", type=int, default=0,
         help="plant re-noised copies of this many training images ({id}-dup, for find_duplicates.py)",
     )  # fmt: skip
+    domains = parser.add_argument_group("domains: cell lines and acquisition batches (metadata.csv)")
+    domains.add_argument("--cell_lines", type=int, default=0, help="morphology families (0: none, images unchanged)")
+    domains.add_argument("--batches", type=int, default=0, help="acquisition batches (0: none, images unchanged)")
+    domains.add_argument(
+        "--holdout_cell_lines", type=int, default=0, help="the last N lines appear in test images only"
+    )
+    domains.add_argument("--holdout_batches", type=int, default=0, help="the last N batches appear in test images only")
     knobs = parser.add_argument_group("difficulty")
     knobs.add_argument("--min_cells", type=int, default=defaults.min_cells)
     knobs.add_argument("--max_cells", type=int, default=defaults.max_cells)
@@ -78,10 +86,11 @@ def main(args: argparse.Namespace) -> None:
             intensity_spread=args.intensity_spread,
             class_freq_power=args.class_freq_power,
         )
+        domains = DomainConfig(args.cell_lines, args.batches, args.holdout_cell_lines, args.holdout_batches)
     except ValueError as error:
         raise SystemExit(f"make_synthetic_data.py: invalid argument: {error}") from None
     start = time.perf_counter()
-    write_dataset(args.out, args.num_train, args.num_test, args.size, args.seed, config, args.workers)
+    write_dataset(args.out, args.num_train, args.num_test, args.size, args.seed, config, args.workers, domains)
     if args.num_duplicates:
         plant_near_duplicates(args.out, args.num_duplicates, args.seed)
     print(f"synthetic benchmark in {args.out}: {args.num_train} train + {args.num_test} test images "

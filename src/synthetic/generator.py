@@ -9,6 +9,7 @@ import numpy as np
 
 from src.data.classes import NEGATIVE
 from src.synthetic.config import SyntheticConfig
+from src.synthetic.domains import NEUTRAL_BATCH, NEUTRAL_LINE, AcquisitionBatch, CellLine
 from src.synthetic.fields import acquire, smooth_field
 from src.synthetic.geometry import place_cells, render_masks
 from src.synthetic.label_stats import label_count_probabilities, sampling_weights
@@ -46,7 +47,12 @@ class SyntheticImage:
 
 
 def generate_image(
-    rng_seed: int, size: int, config: SyntheticConfig, image_labels: list[int] | None = None
+    rng_seed: int,
+    size: int,
+    config: SyntheticConfig,
+    image_labels: list[int] | None = None,
+    cell_line: CellLine = NEUTRAL_LINE,
+    batch: AcquisitionBatch = NEUTRAL_BATCH,
 ) -> SyntheticImage:
     """Generate one image; the same seed, size, config (and labels) give identical arrays.
 
@@ -56,6 +62,8 @@ def generate_image(
         config: generator parameters.
         image_labels: force the image's drawn class ids (for pictures and tests) instead of
             sampling them; cells still get subsets of them as usual.
+        cell_line: morphology family (the neutral line leaves the image as it was).
+        batch: acquisition conditions (the neutral batch leaves the image as it was).
 
     Returns:
         The image with its cell and nucleus masks and per-cell labels.
@@ -73,7 +81,9 @@ def generate_image(
     min_mitotic = int(rng.integers(1, 3)) if MITOTIC_SPINDLE in image_labels else 0
     for _ in range(_MAX_LAYOUT_TRIES):
         num_cells = int(rng.integers(config.min_cells, config.max_cells + 1))
-        cells = place_cells(rng, size, num_cells, config.mitotic_rate, min_mitotic)
+        if cell_line.density != 1.0:
+            num_cells = max(config.min_cells, round(num_cells * cell_line.density))
+        cells = place_cells(rng, size, num_cells, config.mitotic_rate, min_mitotic, cell_line)
         cell_mask, nuclei_mask, cells = render_masks(rng, cells, size)
         mitotic = np.array([c.mitotic for c in cells], dtype=bool)
         if config.min_cells <= len(cells) and mitotic.sum() >= min(min_mitotic, 1):
@@ -93,13 +103,20 @@ def generate_image(
         "yellow": yellow_signal(scene, rng),
     }
     gains = {"red": (45, 110), "green": (80, 180), "blue": (75, 145), "yellow": (80, 150)}
-    illumination = np.clip(1.0 + config.illumination * smooth_field(rng, (size, size), 2) * 0.5, 0.3, None)
-    blur_sigma = config.blur * size / 512.0
+    amplitude = config.illumination * batch.illumination_scale
+    illumination = np.clip(1.0 + amplitude * smooth_field(rng, (size, size), 2) * 0.5, 0.3, None)
+    blur_sigma = config.blur * size / 512.0 * batch.blur_scale
     channels = [
         acquire(
-            signals[name], rng, illumination, blur_sigma, config.noise, rng.uniform(*gains[name]), rng.uniform(0, 2)
-        )
-        for name in ("red", "green", "blue", "yellow")
+            signals[name],
+            rng,
+            illumination,
+            blur_sigma,
+            config.noise,
+            rng.uniform(*gains[name]) * batch.gains[index],
+            rng.uniform(0, 2) + batch.background,
+        )  # fmt: skip
+        for index, name in enumerate(("red", "green", "blue", "yellow"))
     ]
     if NEGATIVE in image_labels and len(image_labels) > 1:
         raise AssertionError(f"seed {rng_seed}: Negative drawn with other labels {image_labels}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from src.synthetic.domains import NEUTRAL_LINE, CellLine
 from src.synthetic.fields import smooth_field
 
 _CELL_HARMONICS = 4
@@ -99,9 +100,10 @@ def _sample_centres(rng: np.random.Generator, size: int, count: int, min_dist: f
 
 
 def _make_cell(
-    rng: np.random.Generator, centre: np.ndarray, radius: float, mitotic: bool, scale: float
+    rng: np.random.Generator, centre: np.ndarray, radius: float, mitotic: bool, scale: float, line: CellLine
 ) -> CellGeometry:
-    """Random shape parameters of one cell around ``centre``; ``scale`` = image size / 512."""
+    """Random shape parameters of one cell around ``centre``; ``scale`` = image size / 512 (times the line's cell
+    scale); ``line`` adds its nucleus scale and elongation."""
     if mitotic:
         cell_radius = radius * rng.uniform(0.55, 0.7)
         shape_amps = rng.uniform(0.0, 0.05, _CELL_HARMONICS)
@@ -118,6 +120,8 @@ def _make_cell(
         shift = rng.uniform(0, 0.12 * radius)
         direction = rng.uniform(0, 2 * np.pi)
         nucleus_centre = centre + shift * np.array([np.cos(direction), np.sin(direction)])
+    axes = axes * line.nucleus_scale
+    shape_amps[1] += line.elongation
     return CellGeometry(
         centre=np.asarray(centre, dtype=np.float64),
         radius=float(cell_radius),
@@ -148,7 +152,12 @@ def _add_nucleoli(rng: np.random.Generator, cell: CellGeometry) -> None:
 
 
 def place_cells(
-    rng: np.random.Generator, size: int, num_cells: int, mitotic_rate: float, min_mitotic: int
+    rng: np.random.Generator,
+    size: int,
+    num_cells: int,
+    mitotic_rate: float,
+    min_mitotic: int,
+    line: CellLine = NEUTRAL_LINE,
 ) -> list[CellGeometry]:
     """Random cells for one image, sized like HPA cells (60-150 px across at 512 px).
 
@@ -158,11 +167,12 @@ def place_cells(
         num_cells: cells to try to place (fewer fit when the field is crowded).
         mitotic_rate: probability that a cell is mitotic.
         min_mitotic: at least this many mitotic cells, chosen among cells well inside the frame.
+        line: the cell line (sizes, nucleus scale, elongation; the neutral line changes nothing).
 
     Returns:
         The cells, in placement order.
     """
-    scale = size / 512.0
+    scale = size / 512.0 * line.cell_scale
     fill = rng.uniform(0.55, 0.95)
     radius = float(np.clip(np.sqrt(fill * size * size / (np.pi * num_cells)), 38 * scale, 54 * scale))
     margin = 0.1 * radius
@@ -174,7 +184,7 @@ def place_cells(
         pool = pool[~mitotic[pool]]
         chosen = rng.choice(pool, size=min(len(pool), min_mitotic - int(mitotic.sum())), replace=False)
         mitotic[chosen] = True
-    cells = [_make_cell(rng, centre, radius, bool(m), scale) for centre, m in zip(centres, mitotic, strict=True)]
+    cells = [_make_cell(rng, centre, radius, bool(m), scale, line) for centre, m in zip(centres, mitotic, strict=True)]
     for cell in cells:
         _add_nucleoli(rng, cell)
     return cells

@@ -9,6 +9,7 @@ Layout under ``out_dir``::
     truth/cell_masks/{ID}.png                uint16 cell instance ids, 0 = background
     truth/nuclei_masks/{ID}.png              uint16, the nucleus of cell k has id k
     truth/cell_labels.csv                    ID,cell_id,Label for both splits
+    metadata.csv                             ID,split,cell_line,batch (only with cell lines or batches)
     synthetic_config.json                    the parameters, written last
 
 IDs are ``synth-train-00012`` / ``synth-test-00003``. Each image is seeded from
@@ -36,6 +37,15 @@ from tqdm import tqdm
 from src.data.atomic import write_csv_atomic, write_png_atomic, write_text_atomic
 from src.data.classes import CHANNELS
 from src.synthetic.config import SyntheticConfig
+from src.synthetic.domains import (
+    NEUTRAL_BATCH,
+    NEUTRAL_LINE,
+    NO_DOMAINS,
+    DomainConfig,
+    assign_domains,
+    draw_batches,
+    draw_cell_lines,
+)
 from src.synthetic.generator import generate_image
 from src.synthetic.labels import format_label
 
@@ -60,8 +70,13 @@ def image_seed(seed: int, split: str, index: int) -> int:
     return int(state[0]) << 32 | int(state[1])
 
 
-def _manifest(num_train: int, num_test: int, size: int, seed: int, config: SyntheticConfig) -> dict[str, Any]:
-    return {
+METADATA = "metadata.csv"
+
+
+def _manifest(
+    num_train: int, num_test: int, size: int, seed: int, config: SyntheticConfig, domains: DomainConfig
+) -> dict[str, Any]:
+    manifest = {
         "generator_version": GENERATOR_VERSION,
         "num_train": num_train,
         "num_test": num_test,
@@ -69,6 +84,9 @@ def _manifest(num_train: int, num_test: int, size: int, seed: int, config: Synth
         "seed": seed,
         "config": config.to_dict(),
     }
+    if domains.enabled:  # benchmarks made without domains keep the manifest they always had
+        manifest["domains"] = domains.to_dict()
+    return manifest
 
 
 def _expected_files(out_dir: Path, ids: dict[str, list[str]]) -> list[Path]:
@@ -83,10 +101,11 @@ def _expected_files(out_dir: Path, ids: dict[str, list[str]]) -> list[Path]:
     return files
 
 
-def _write_image(task: tuple[Path, str, str, int, int, SyntheticConfig]) -> tuple[str, str, list[tuple[int, str]]]:
-    """Generate and write one image; returns (split, ID, [(cell_id, Label), ...])."""
-    out_dir, split, name, rng_seed, size, config = task
-    image = generate_image(rng_seed, size, config)
+def _write_image(task: tuple) -> tuple[str, str, list[tuple[int, str]]]:
+    """Generate and write one image (task: out_dir, split, ID, seed, size, config, cell line, batch); returns
+    (split, ID, [(cell_id, Label), ...])."""
+    out_dir, split, name, rng_seed, size, config, cell_line, batch = task
+    image = generate_image(rng_seed, size, config, cell_line=cell_line, batch=batch)
     for index, channel in enumerate(CHANNELS):
         write_png_atomic(out_dir / split / f"{name}_{channel}.png", np.ascontiguousarray(image.rgby[..., index]))
     write_png_atomic(out_dir / "truth" / "cell_masks" / f"{name}.png", image.cell_mask)
@@ -129,6 +148,7 @@ def write_dataset(
     seed: int,
     config: SyntheticConfig,
     workers: int | None = None,
+    domains: DomainConfig = NO_DOMAINS,
 ) -> None:
     """Generate a synthetic benchmark in the Kaggle layout with per-cell truth (see the module docstring).
 
@@ -140,6 +160,8 @@ def write_dataset(
         seed: dataset seed.
         config: generator parameters.
         workers: processes (default: all cores); the output is identical for any value.
+        domains: cell lines and acquisition batches (none by default: the images are those made without them);
+            with any, ``metadata.csv`` names each image's line and batch.
     """
     out_dir = Path(out_dir)
     if num_train < 0 or num_test < 0 or num_train + num_test == 0:
@@ -155,19 +177,24 @@ def write_dataset(
         raise FileExistsError(
             f"{out_dir} holds a train.csv but no {MANIFEST}: not a synthetic benchmark, refusing to overwrite"
         )
-    manifest = _manifest(num_train, num_test, size, seed, config)
+    manifest = _manifest(num_train, num_test, size, seed, config, domains)
     counts = {"train": num_train, "test": num_test}
     ids = {split: [image_id(split, i, counts[split]) for i in range(counts[split])] for split in SPLITS}
     if manifest_path.exists():
         previous = json.loads(manifest_path.read_text())
-        if previous == manifest and all(path.is_file() for path in _expected_files(out_dir, ids)):
+        expected = _expected_files(out_dir, ids) + ([out_dir / METADATA] if domains.enabled else [])
+        if previous == manifest and all(path.is_file() for path in expected):
             logger.info("%s is complete for these parameters; nothing to do", out_dir)
             return
         manifest_path.unlink()
     _remove_stale(out_dir, ids)
 
+    metadata = assign_domains(ids, domains, seed)
+    lines = {line.name: line for line in draw_cell_lines(domains.cell_lines, seed)} | {"default": NEUTRAL_LINE}
+    batches = {batch.name: batch for batch in draw_batches(domains.batches, seed)} | {"default": NEUTRAL_BATCH}
+    domain_of = {row.ID: (lines[row.cell_line], batches[row.batch]) for row in metadata.itertuples(index=False)}
     tasks = [
-        (out_dir, split, name, image_seed(seed, split, index), size, config)
+        (out_dir, split, name, image_seed(seed, split, index), size, config, *domain_of[name])
         for split in SPLITS
         for index, name in enumerate(ids[split])
     ]
@@ -181,6 +208,10 @@ def write_dataset(
         workers,
     )
     _write_tables(out_dir, ids, _generate_images(tasks, workers), size)
+    if domains.enabled:
+        write_csv_atomic(out_dir / METADATA, metadata)
+    elif (out_dir / METADATA).exists():
+        (out_dir / METADATA).unlink()
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
 
