@@ -21,12 +21,7 @@ from src.training.cell_run import add_cell_arguments
 from src.training.datamodule import CACHE_FORMATS, DEFAULT_CACHE_FORMAT, EXT_DATA_MODES, default_loader_workers
 from src.training.lit_model import OPTIM_NAMES, SCHEDULERS
 from src.training.run import train
-from src.training.trainer import MONITORS, PRECISIONS
-
-
-def _batches(text: str) -> int | float:
-    """Lightning's limit semantics: '5' is 5 batches, '0.25' a quarter of them."""
-    return float(text) if "." in text else int(text)
+from src.training.trainer import add_trainer_arguments
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -128,27 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--max_epochs", type=int, default=10)
     optim.add_argument("--seed", type=int, default=0)
 
-    trainer = parser.add_argument_group("trainer")
-    trainer.add_argument("--accelerator", default="auto", help="auto, cpu, gpu...")
-    trainer.add_argument("--devices", default="auto", help="number of devices or 'auto'")
-    trainer.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn...")
-    trainer.add_argument("--num_nodes", type=int, default=1)
-    trainer.add_argument("--gpu", type=int, default=None, help="old flag: same as --accelerator gpu --devices N")
-    trainer.add_argument("--precision", default="32", choices=sorted(PRECISIONS), help="16 means 16-mixed")
-    trainer.add_argument("--benchmark", action="store_true", help="cudnn.benchmark")
-    trainer.add_argument(
-        "--compile", action="store_true", help="torch.compile the network (first steps slower; weights unchanged)"
-    )
-    trainer.add_argument("--default_root_dir", default=".")
-    trainer.add_argument(
-        "--ckpt_path", default=None, help="resume this run, or start round >= 1 from an earlier round's checkpoint"
-    )
-    trainer.add_argument("--limit_train_batches", type=_batches, default=1.0)
-    trainer.add_argument("--limit_val_batches", type=_batches, default=1.0)
-    trainer.add_argument("--log_every_n_steps", type=int, default=10)
-    trainer.add_argument(
-        "--monitor", default="val/loss", choices=sorted(MONITORS), help="metric of the kept best checkpoint"
-    )
+    add_trainer_arguments(parser, ckpt_help="resume this run, or start round >= 1 from an earlier round's checkpoint")
     return parser.parse_args(argv)
 
 

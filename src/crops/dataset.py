@@ -107,3 +107,49 @@ class BagBatchSampler(Sampler[list[int]]):
             self.epoch += 1
         for start in range(0, len(picks), self.images_per_batch):
             yield np.concatenate([self.groups[g] for g in picks[start : start + self.images_per_batch]]).tolist()
+
+
+class UnlabelledCropDataset(Dataset):
+    """Every cell of one or more splits of the store, without labels, for self-supervised learning.
+
+    Each item: ``image`` uint8 (C, S, S), ``id``, ``split`` and, with ``same_image_partners``, ``partner``: another
+    cell of the same image (itself when the image has one cell), SIFLoc's positive pair.
+
+    Args:
+        crop_dir: the store.
+        index: cells of the splits (columns ID, row, split), e.g. ``pd.concat`` of :func:`read_index` tables.
+        same_image_partners: also return a partner cell.
+        seed: partner choice seed (each DataLoader worker draws its own stream).
+    """
+
+    def __init__(
+        self, crop_dir: str | os.PathLike, index: pd.DataFrame, same_image_partners: bool = False, seed: int = 0
+    ):
+        self.readers = {split: CropReader(crop_dir, split) for split in index["split"].unique()}
+        self.ids = index["ID"].to_numpy()
+        self.rows = index["row"].to_numpy()
+        self.splits = index["split"].to_numpy()
+        self.same_image_partners, self.seed = same_image_partners, seed
+        keys = pd.Series(index["split"].astype(str) + "/" + index["ID"].astype(str))
+        self.members = keys.groupby(keys).indices  # image key -> positions of its cells
+        self.keys = keys.to_numpy()
+        self._rng: np.random.Generator | None = None
+        self._rng_pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _crop(self, i: int) -> torch.Tensor:
+        crop = self.readers[self.splits[i]](self.ids[i], int(self.rows[i]))
+        return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {"id": str(self.ids[i]), "split": str(self.splits[i]), "image": self._crop(i)}
+        if self.same_image_partners:
+            if self._rng_pid != os.getpid():
+                self._rng = np.random.default_rng((torch.initial_seed() + self.seed) % 2**32)
+                self._rng_pid = os.getpid()
+            cells = self.members[self.keys[i]]
+            others = cells[cells != i]
+            item["partner"] = self._crop(int(self._rng.choice(others)) if len(others) else i)
+        return item

@@ -1,4 +1,5 @@
-"""One factory for every network and loss a run trains: the image classifier or the stage-2 U-Net.
+"""One factory for every network and loss a run trains: the image classifier, the stage-2 U-Net, the cell
+classifier or the self-supervised cell encoder.
 
 ``is_segmentation_run(hparams)`` is the one answer to "is this a stage-2 run?"; ``build_network`` and
 ``build_criterion`` read a run's hyperparameters (``run_classification.py``'s arguments or a checkpoint's hparams).
@@ -16,6 +17,7 @@ from src.data.classes import NUM_CLASSES
 from src.models.backbone import parse_timm_kwargs
 from src.models.cell_classifier import CellLoss, create_cell_classifier
 from src.models.classifier import create_classifier
+from src.models.contrastive import PROJECTION_DIM, TEMPERATURE, ContrastiveLoss, create_contrastive_network
 from src.models.losses import ClassificationLoss, SegmentationLoss
 from src.models.unet import DECODER_CHANNELS, create_segmentation_network, parse_decoder_channels
 
@@ -28,6 +30,11 @@ def is_segmentation_run(hparams: Mapping[str, Any]) -> bool:
 def is_cell_run(hparams: Mapping[str, Any]) -> bool:
     """Whether a run's hyperparameters describe a cell classifier trained on crops (it has ``cell_crop_dir``)."""
     return bool(hparams.get("cell_crop_dir"))
+
+
+def is_contrastive_run(hparams: Mapping[str, Any]) -> bool:
+    """Whether a run's hyperparameters describe self-supervised pre-training on crops (``pretrain_cells.py``)."""
+    return bool(hparams.get("contrastive"))
 
 
 def num_sub_classes(hparams: Mapping[str, Any]) -> int:
@@ -48,6 +55,14 @@ def build_network(hparams: Mapping[str, Any], backbone_ckpt: str | os.PathLike |
     """
     timm_kwargs = parse_timm_kwargs(hparams.get("timm_kwargs"))
     in_chans = int(hparams.get("num_inchannels", 4))
+    if is_contrastive_run(hparams):
+        return create_contrastive_network(
+            hparams["timm_model_name"],
+            in_chans,
+            int(hparams.get("projection_dim", PROJECTION_DIM)),
+            backbone_ckpt=backbone_ckpt,
+            timm_kwargs=timm_kwargs,
+        )
     if is_cell_run(hparams):
         return create_cell_classifier(
             hparams["timm_model_name"],
@@ -80,6 +95,8 @@ def build_criterion(hparams: Mapping[str, Any]) -> nn.Module:
 
     A segmentation run gets the per-pixel :class:`src.models.losses.SegmentationLoss`.
     """
+    if is_contrastive_run(hparams):
+        return ContrastiveLoss(float(hparams.get("temperature", TEMPERATURE)))
     if is_cell_run(hparams):
         return CellLoss(
             hparams.get("loss", "focal"), hparams.get("mil_pool", "none"), float(hparams.get("mil_weight", 0.5))

@@ -81,6 +81,34 @@ class TrainingRun:
 MONITORS = {"val/loss": "min", "val/mAP": "max", "val/F1": "max"}  # --monitor: the kept checkpoint's metric
 
 
+def _batches(text: str) -> int | float:
+    """Lightning's limit semantics: '5' is 5 batches, '0.25' a quarter of them."""
+    return float(text) if "." in text else int(text)
+
+
+def add_trainer_arguments(parser: argparse.ArgumentParser, ckpt_help: str = "resume this run") -> None:
+    """The ``trainer`` argument group every training script shares (devices, precision, logging, checkpoints)."""
+    trainer = parser.add_argument_group("trainer")
+    trainer.add_argument("--accelerator", default="auto", help="auto, cpu, gpu...")
+    trainer.add_argument("--devices", default="auto", help="number of devices or 'auto'")
+    trainer.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn...")
+    trainer.add_argument("--num_nodes", type=int, default=1)
+    trainer.add_argument("--gpu", type=int, default=None, help="old flag: same as --accelerator gpu --devices N")
+    trainer.add_argument("--precision", default="32", choices=sorted(PRECISIONS), help="16 means 16-mixed")
+    trainer.add_argument("--benchmark", action="store_true", help="cudnn.benchmark")
+    trainer.add_argument(
+        "--compile", action="store_true", help="torch.compile the network (first steps slower; weights unchanged)"
+    )
+    trainer.add_argument("--default_root_dir", default=".")
+    trainer.add_argument("--ckpt_path", default=None, help=ckpt_help)
+    trainer.add_argument("--limit_train_batches", type=_batches, default=1.0)
+    trainer.add_argument("--limit_val_batches", type=_batches, default=1.0)
+    trainer.add_argument("--log_every_n_steps", type=int, default=10)
+    trainer.add_argument(
+        "--monitor", default="val/loss", choices=sorted(MONITORS), help="metric of the kept best checkpoint"
+    )
+
+
 def build_trainer(
     args: argparse.Namespace, callbacks: Sequence[Callback] = ()
 ) -> tuple[pl.Trainer, ModelCheckpoint, TensorBoardLogger]:
