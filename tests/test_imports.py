@@ -29,6 +29,7 @@ LAYERS = (
     "training",
     "cam",
     "image_labels",
+    "profiles",
     "viz",
 )
 
