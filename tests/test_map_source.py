@@ -198,3 +198,79 @@ def test_a_run_without_input_size_or_channels_in_its_hparams_means_512_px_rgby(m
 def test_per_class_normalisation_adds_its_epsilon_to_the_maximum():
     maps = torch.full((1, 1, 2, 2), 1e-4)
     torch.testing.assert_close(normalise_per_class(maps), torch.full((1, 1, 2, 2), 1e-4 / (1e-4 + 1e-5)))
+
+
+class RedToLogits(torch.nn.Module):
+    """A segmentation network without a checkpoint: a 1x1 convolution whose 20 logits are ``weights[k]`` times
+    the red channel (no bias); channel 19 is the background. Its output is a dict like the U-Net's."""
+
+    def __init__(self, weights: list[float]):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 20, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[:, 0, 0, 0] = torch.tensor(weights)
+
+    def forward(self, images):
+        return {"logits": self.conv(images)}
+
+
+def _segmentation_source(weights: list[float]) -> SegmentationSource:
+    """A SegmentationSource around :class:`RedToLogits`, without a checkpoint (the network is all it uses)."""
+    source = SegmentationSource.__new__(SegmentationSource)
+    source.network, source.device, source.in_chans = RedToLogits(weights).eval(), torch.device("cpu"), 4
+    source.spec = CheckpointSpec("cam", 1.0, "in-memory")
+    return source
+
+
+def _red_pixel() -> torch.Tensor:
+    """(1, 4, 2, 2) normalised images: red 1.0 at the top-left pixel, 0 everywhere else."""
+    images = torch.zeros(1, 4, 2, 2)
+    images[0, 0, 0, 0] = 1.0
+    return images
+
+
+def test_segmentation_logit_maps_are_the_19_class_logits_in_full_precision():
+    weights = [0.3] + [-0.7] * 18 + [0.1]  # 0.3 and 0.7 are not bfloat16 numbers: CPU autocast would round them
+    probs, maps = _segmentation_source(weights).forward_view(_red_pixel(), "logit")
+    expected = torch.zeros(1, NUM_CLASSES, 2, 2)
+    expected[0, 0, 0, 0], expected[0, 1:, 0, 0] = 0.3, -0.7  # the background's 0.1 is left out
+    assert probs is None
+    torch.testing.assert_close(maps, expected, rtol=0, atol=1e-7)
+
+
+def test_segmentation_cam_maps_are_each_class_sigmoid_minus_the_background_clipped_at_0():
+    weights = [0.3] + [-0.7] * 18 + [0.1]  # background logit 0.1 at the red pixel, 0 elsewhere
+    probs, maps = _segmentation_source(weights).forward_view(_red_pixel(), "cam")
+    sigmoid = torch.sigmoid(torch.tensor([0.3, 0.1]))
+    expected = torch.zeros(1, NUM_CLASSES, 2, 2)  # away from the red pixel every class is 0.5 - 0.5 = 0
+    expected[0, 0, 0, 0] = sigmoid[0] - sigmoid[1]  # 0.5744 - 0.5250; classes 1-18 are below the background: 0
+    assert probs is None
+    torch.testing.assert_close(maps, expected, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("how_join", ["both", "pred", "cell"])
+def test_segmentation_source_refuses_every_join_but_cam(how_join):
+    with pytest.raises(ValueError, match=f"join it with how_join 'cam', not '{how_join}'"):
+        SegmentationSource(CheckpointSpec(how_join, 1.0, "segm.ckpt"), torch.device("cpu"))
+
+
+def test_segmentation_source_loads_a_segmentation_run_and_refuses_a_classification_run(monkeypatch):
+    import src.cam.map_source as map_source
+
+    class Loaded:
+        network = RedToLogits([0.0] * 20)
+
+    monkeypatch.setattr(map_source, "load_trained_pl_model", lambda _c, _p: (Loaded(), {"segm_label_dir": "labels"}))
+    source = SegmentationSource(CheckpointSpec("cam", 1.0, "segm.ckpt"), torch.device("cpu"))
+    assert source.network is Loaded.network
+    monkeypatch.setattr(map_source, "load_trained_pl_model", lambda _c, _p: (Loaded(), {"segm_label_dir": ""}))
+    with pytest.raises(ValueError, match="classifier.ckpt: not a segmentation checkpoint"):
+        SegmentationSource(CheckpointSpec("cam", 1.0, "classifier.ckpt"), torch.device("cpu"))
+
+
+def test_segmentation_rescale_keeps_a_size_on_the_stride_and_resizes_bilinearly():
+    images = torch.rand(1, 4, 64, 64)
+    source = _segmentation_source([0.0] * 20)
+    assert source.rescale(images, 1.0) is images
+    torch.testing.assert_close(source.rescale(images, 0.5), torch.nn.functional.avg_pool2d(images, 2))
