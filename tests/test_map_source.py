@@ -147,6 +147,7 @@ def test_classifier_rescale_resizes_bilinearly_and_keeps_scale_one():
     assert source.rescale(images, 1.0) is images
     assert source.rescale(images, 0.5).shape == (1, 4, 4, 4)
     torch.testing.assert_close(source.rescale(images, 0.5), torch.nn.functional.avg_pool2d(images, 2))
+    assert source.rescale(images, 2.0).shape == (1, 4, 16, 16)
 
 
 @pytest.mark.parametrize(("side", "scale", "expected"), [(64, 1.0, 64), (64, 0.5, 32), (64, 0.25, 32), (96, 1.25, 128)])
@@ -415,3 +416,24 @@ def test_multigradcam_averages_the_normalised_layer_maps_and_the_product_takes_t
     _, product = _square_source("multigradcam_product").forward_view(A, "cam")
     torch.testing.assert_close(mean, (A / 4 + A**2 / 16) / 2, rtol=0, atol=1e-4)
     torch.testing.assert_close(product, torch.sqrt(A / 4 * A**2 / 16), rtol=0, atol=1e-4)
+
+
+class TwiceNet(SquareNet):
+    """SquareNet with its layer ``first`` (weight 1, now bias 1) called twice: first(x) = x + 1, then b = x + 2;
+    the features are b^2, the logit 2 mean(b^2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first.bias = torch.nn.Parameter(torch.ones(1))
+
+    def forward_features(self, images):
+        return self.second(self.first(self.first(images)))
+
+
+def test_gradcam_of_a_layer_called_twice_is_taken_at_its_last_call():
+    source = _square_source("gradcam", "first")
+    source.network = TwiceNet()
+    source.gradcam_module = source.network.first
+    _, cams = source.forward_view(A, "cam")
+    # d logit / d b = b = a + 2, whose mean is 4.5: 4.5 (a + 2) at the last call (the first call would give 4.5 (a + 1))
+    torch.testing.assert_close(cams, 4.5 * (A + 2))
