@@ -437,3 +437,11 @@ def test_gradcam_of_a_layer_called_twice_is_taken_at_its_last_call():
     _, cams = source.forward_view(A, "cam")
     # d logit / d b = b = a + 2, whose mean is 4.5: 4.5 (a + 2) at the last call (the first call would give 4.5 (a + 1))
     torch.testing.assert_close(cams, 4.5 * (A + 2))
+
+
+def test_the_cam_method_gives_the_signed_logit_maps_of_the_head():
+    source = _square_source("cam")
+    source.check_request("logit")
+    probs, maps = source.forward_view(A, "logit")
+    torch.testing.assert_close(maps, 2.0 * A**2)
+    torch.testing.assert_close(probs, torch.sigmoid(torch.tensor([[15.0]])))
