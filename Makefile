@@ -46,6 +46,7 @@ MUTATION_TARGETS ?= \
 	src/metrics/ceiling.py=$(MUTATION_METRIC_TESTS) \
 	src/cam/map_source.py=tests/test_map_source.py \
 	src/cam/classifier_source.py=tests/test_map_source.py \
+	src/cam/segm_source.py=tests/test_map_source.py \
 	src/metrics/cell_ap.py=$(MUTATION_METRIC_TESTS)
 # the metric's tests without the CLI subprocess and the two-process run (they add seconds per mutant, no kills)
 MUTATION_METRIC_TESTS := tests/test_metrics.py,--deselect,tests/test_metrics.py::test_evaluate_cli_writes_json,--deselect,tests/test_metrics.py::test_two_workers_give_the_same_result

@@ -1,5 +1,8 @@
-"""The one TTA loop of the map sources (src/cam/map_source.py) on sources whose maps are known, and the
-CAM / Grad-CAM identity of a linear head (src/cam/classifier_source.py)."""
+"""The one TTA loop of the map sources (src/cam/map_source.py) on sources whose maps are known, the CAM / Grad-CAM
+identity of a linear head, and the classifier and segmentation sources (src/cam/classifier_source.py,
+src/cam/segm_source.py) on networks without a checkpoint whose maps are computable by hand."""
+
+import re
 
 import pytest
 import torch
@@ -144,6 +147,7 @@ def test_classifier_rescale_resizes_bilinearly_and_keeps_scale_one():
     assert source.rescale(images, 1.0) is images
     assert source.rescale(images, 0.5).shape == (1, 4, 4, 4)
     torch.testing.assert_close(source.rescale(images, 0.5), torch.nn.functional.avg_pool2d(images, 2))
+    assert source.rescale(images, 2.0).shape == (1, 4, 16, 16)
 
 
 @pytest.mark.parametrize(("side", "scale", "expected"), [(64, 1.0, 64), (64, 0.5, 32), (64, 0.25, 32), (96, 1.25, 128)])
@@ -198,3 +202,246 @@ def test_a_run_without_input_size_or_channels_in_its_hparams_means_512_px_rgby(m
 def test_per_class_normalisation_adds_its_epsilon_to_the_maximum():
     maps = torch.full((1, 1, 2, 2), 1e-4)
     torch.testing.assert_close(normalise_per_class(maps), torch.full((1, 1, 2, 2), 1e-4 / (1e-4 + 1e-5)))
+
+
+class RedToLogits(torch.nn.Module):
+    """A segmentation network without a checkpoint: a 1x1 convolution whose 20 logits are ``weights[k]`` times
+    the red channel (no bias); channel 19 is the background. Its output is a dict like the U-Net's."""
+
+    def __init__(self, weights: list[float]):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 20, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[:, 0, 0, 0] = torch.tensor(weights)
+
+    def forward(self, images):
+        return {"logits": self.conv(images)}
+
+
+def _segmentation_source(weights: list[float]) -> SegmentationSource:
+    """A SegmentationSource around :class:`RedToLogits`, without a checkpoint (the network is all it uses)."""
+    source = SegmentationSource.__new__(SegmentationSource)
+    source.network, source.device, source.in_chans = RedToLogits(weights).eval(), torch.device("cpu"), 4
+    source.spec = CheckpointSpec("cam", 1.0, "in-memory")
+    return source
+
+
+def _red_pixel() -> torch.Tensor:
+    """(1, 4, 2, 2) normalised images: red 1.0 at the top-left pixel, 0 everywhere else."""
+    images = torch.zeros(1, 4, 2, 2)
+    images[0, 0, 0, 0] = 1.0
+    return images
+
+
+def test_segmentation_logit_maps_are_the_19_class_logits_in_full_precision():
+    weights = [0.3] + [-0.7] * 18 + [0.1]  # 0.3 and 0.7 are not bfloat16 numbers: CPU autocast would round them
+    probs, maps = _segmentation_source(weights).forward_view(_red_pixel(), "logit")
+    expected = torch.zeros(1, NUM_CLASSES, 2, 2)
+    expected[0, 0, 0, 0], expected[0, 1:, 0, 0] = 0.3, -0.7  # the background's 0.1 is left out
+    assert probs is None
+    torch.testing.assert_close(maps, expected, rtol=0, atol=1e-7)
+
+
+def test_segmentation_cam_maps_are_each_class_sigmoid_minus_the_background_clipped_at_0():
+    weights = [0.3] + [-0.7] * 18 + [0.1]  # background logit 0.1 at the red pixel, 0 elsewhere
+    probs, maps = _segmentation_source(weights).forward_view(_red_pixel(), "cam")
+    sigmoid = torch.sigmoid(torch.tensor([0.3, 0.1]))
+    expected = torch.zeros(1, NUM_CLASSES, 2, 2)  # away from the red pixel every class is 0.5 - 0.5 = 0
+    expected[0, 0, 0, 0] = sigmoid[0] - sigmoid[1]  # 0.5744 - 0.5250; classes 1-18 are below the background: 0
+    assert probs is None
+    torch.testing.assert_close(maps, expected, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("how_join", ["both", "pred", "cell"])
+def test_segmentation_source_refuses_every_join_but_cam(how_join):
+    with pytest.raises(ValueError, match=f"join it with how_join 'cam', not '{how_join}'"):
+        SegmentationSource(CheckpointSpec(how_join, 1.0, "segm.ckpt"), torch.device("cpu"))
+
+
+def test_segmentation_source_loads_a_segmentation_run_and_refuses_a_classification_run(monkeypatch):
+    import src.cam.map_source as map_source
+
+    class Loaded:
+        network = RedToLogits([0.0] * 20)
+
+    monkeypatch.setattr(map_source, "load_trained_pl_model", lambda _c, _p: (Loaded(), {"segm_label_dir": "labels"}))
+    source = SegmentationSource(CheckpointSpec("cam", 1.0, "segm.ckpt"), torch.device("cpu"))
+    assert source.network is Loaded.network
+    monkeypatch.setattr(map_source, "load_trained_pl_model", lambda _c, _p: (Loaded(), {"segm_label_dir": ""}))
+    with pytest.raises(ValueError, match="classifier.ckpt: not a segmentation checkpoint"):
+        SegmentationSource(CheckpointSpec("cam", 1.0, "classifier.ckpt"), torch.device("cpu"))
+
+
+def test_segmentation_rescale_keeps_a_size_on_the_stride_and_resizes_bilinearly():
+    images = torch.rand(1, 4, 64, 64)
+    source = _segmentation_source([0.0] * 20)
+    assert source.rescale(images, 1.0) is images
+    torch.testing.assert_close(source.rescale(images, 0.5), torch.nn.functional.avg_pool2d(images, 2))
+
+
+def _loaded_classifier(monkeypatch, cam_method: str = "cam", gradcam_layer: str = "", hparams=None):
+    """A ClassifierSource built by its constructor around a fresh test_resnet (the checkpoint loader returns it
+    with ``hparams``)."""
+    import src.cam.map_source as map_source
+
+    class Loaded:
+        network = create_classifier("test_resnet", in_chans=4)
+
+    monkeypatch.setattr(map_source, "load_trained_pl_model", lambda _c, _p: (Loaded(), hparams or {}))
+    return ClassifierSource(
+        CheckpointSpec("both", 1.0, "classifier.ckpt"), torch.device("cpu"), cam_method, gradcam_layer
+    )
+
+
+def test_unknown_cam_method_is_refused():
+    with pytest.raises(ValueError, match="cam_method must be one of .* got 'gradcam\\+\\+'"):
+        ClassifierSource(CheckpointSpec("both", 1.0, "classifier.ckpt"), torch.device("cpu"), "gradcam++")
+
+
+def test_gradcam_hooks_the_named_layer_and_the_backbone_output_by_default(monkeypatch):
+    source = _loaded_classifier(monkeypatch, "gradcam", "backbone.layer3")
+    assert source.gradcam_module is source.network.backbone.layer3 and source.gradcam_modules == []
+    assert _loaded_classifier(monkeypatch, "gradcam").gradcam_module is None
+
+
+def test_multi_layer_methods_hook_the_listed_layers_or_one_per_backbone_stage(monkeypatch):
+    source = _loaded_classifier(monkeypatch, "multigradcam", " backbone.layer2 , ,backbone.layer4")
+    backbone = source.network.backbone
+    assert source.gradcam_modules == [backbone.layer2, backbone.layer4] and source.gradcam_module is None
+    source = _loaded_classifier(monkeypatch, "multigradcam_product")
+    backbone = source.network.backbone
+    assert source.gradcam_modules == [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
+
+
+def test_the_cam_method_hooks_no_layer(monkeypatch):
+    source = _loaded_classifier(monkeypatch, "cam", "backbone.layer3")
+    assert source.gradcam_module is None and source.gradcam_modules == []
+
+
+def test_an_unknown_layer_is_named_with_the_layers_ending_like_it_and_the_backbone_stages(monkeypatch):
+    close = ["backbone.conv1", *(f"backbone.layer{i}.0.conv1" for i in range(1, 5))]
+    stages = [f"backbone.layer{i}" for i in range(1, 5)]
+    with pytest.raises(ValueError) as error:
+        _loaded_classifier(monkeypatch, "gradcam", "backbone.layer9.0.conv1")
+    assert str(error.value) == (
+        f"classifier.ckpt: no layer 'backbone.layer9.0.conv1' for Grad-CAM; layers like it: {close}; "
+        f"backbone stages: {stages}"
+    )
+
+
+def test_an_unknown_layer_lists_at_most_8_layers_ending_like_it(monkeypatch):
+    # 20 test_resnet layers end with '1'; the first 8 in module order are listed
+    close = ["backbone.conv1", "backbone.conv1.1", "backbone.bn1", "backbone.act1", "backbone.layer1"]
+    close += ["backbone.layer1.0.conv1", "backbone.layer1.0.bn1", "backbone.layer1.0.act1"]
+    with pytest.raises(ValueError, match=f"layers like it: {re.escape(str(close))}; "):
+        _loaded_classifier(monkeypatch, "multigradcam", "backbone.layer1.0.conv1.1")
+
+
+def test_a_classifier_checkpoint_must_have_19_classes(monkeypatch):
+    with pytest.raises(ValueError, match="classifier.ckpt: checkpoint has 18 classes, inference needs 19"):
+        _loaded_classifier(monkeypatch, hparams={"num_classes": 18})
+    with pytest.raises(ValueError, match="checkpoint has 20 classes"):
+        _loaded_classifier(monkeypatch, hparams={"num_classes": 20})
+    assert _loaded_classifier(monkeypatch, hparams={"num_classes": 19}).cam_method == "cam"
+
+
+def test_a_segmentation_checkpoint_is_refused_as_a_classifier(monkeypatch):
+    with pytest.raises(ValueError, match="classifier.ckpt: a segmentation checkpoint cannot be used as a classifier"):
+        _loaded_classifier(monkeypatch, hparams={"segm_label_dir": "labels"})
+
+
+def test_gradcam_sources_give_cam_maps():
+    _classifier_source("gradcam").check_request("cam")
+
+
+class Square(torch.nn.Module):
+    def forward(self, x):
+        return x * x
+
+
+class SquareNet(torch.nn.Module):
+    """A one-class classifier whose Grad-CAMs are computable by hand: layer ``first`` (a 1x1 convolution of weight
+    1) gives a = the input, layer ``second`` the features a^2; the logit is 2 mean(a^2), the logit map 2 a^2."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = torch.nn.Conv2d(1, 1, 1, bias=False)
+        torch.nn.init.ones_(self.first.weight)
+        self.second = Square()
+
+    def forward_features(self, images):
+        return self.second(self.first(images))
+
+    def head(self, features):
+        return {"logits": 2.0 * features.mean(dim=(2, 3))}
+
+    def logit_map(self, features):
+        return 2.0 * features
+
+
+def _square_source(cam_method: str, layer: str = "") -> ClassifierSource:
+    """A ClassifierSource around :class:`SquareNet`: Grad-CAM at ``layer`` ('first', or '' = the features), the
+    multi-layer methods at both layers."""
+    source = ClassifierSource.__new__(ClassifierSource)
+    source.network, source.device, source.in_chans = SquareNet(), torch.device("cpu"), 1
+    source.cam_method, source.spec = cam_method, CheckpointSpec("both", 1.0, "in-memory")
+    source.gradcam_module = source.network.first if layer == "first" else None
+    source.gradcam_modules = [] if cam_method == "gradcam" else [source.network.first, source.network.second]
+    return source
+
+
+A = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # the input a of SquareNet; mean(a^2) = 7.5, so the logit is 15
+
+
+def test_gradcam_at_the_backbone_output_weights_the_features_by_their_mean_gradient():
+    probs, cams = _square_source("gradcam").forward_view(A, "cam")
+    # d logit / d a^2 = 2 / 4 everywhere: the Grad-CAM is 0.5 a^2
+    torch.testing.assert_close(cams, 0.5 * A**2)
+    torch.testing.assert_close(probs, torch.sigmoid(torch.tensor([[15.0]])))
+
+
+def test_gradcam_at_a_named_layer_weights_that_layer_and_removes_its_hook():
+    source = _square_source("gradcam", "first")
+    probs, cams = source.forward_view(A, "cam")
+    # d logit / d a = 2 * 2a / 4 = a, whose mean is 2.5: the Grad-CAM is 2.5 a
+    torch.testing.assert_close(cams, 2.5 * A)
+    torch.testing.assert_close(probs, torch.sigmoid(torch.tensor([[15.0]])))
+    assert not source.network.first._forward_hooks
+
+
+def test_multigradcam_averages_the_normalised_layer_maps_and_the_product_takes_their_geometric_mean():
+    # each layer's Grad-CAM divided by its maximum: 2.5 a / 10 = a / 4 at 'first', 0.5 a^2 / 8 = a^2 / 16 at 'second'
+    _, mean = _square_source("multigradcam").forward_view(A, "cam")
+    _, product = _square_source("multigradcam_product").forward_view(A, "cam")
+    torch.testing.assert_close(mean, (A / 4 + A**2 / 16) / 2, rtol=0, atol=1e-4)
+    torch.testing.assert_close(product, torch.sqrt(A / 4 * A**2 / 16), rtol=0, atol=1e-4)
+
+
+class TwiceNet(SquareNet):
+    """SquareNet with its layer ``first`` (weight 1, now bias 1) called twice: first(x) = x + 1, then b = x + 2;
+    the features are b^2, the logit 2 mean(b^2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first.bias = torch.nn.Parameter(torch.ones(1))
+
+    def forward_features(self, images):
+        return self.second(self.first(self.first(images)))
+
+
+def test_gradcam_of_a_layer_called_twice_is_taken_at_its_last_call():
+    source = _square_source("gradcam", "first")
+    source.network = TwiceNet()
+    source.gradcam_module = source.network.first
+    _, cams = source.forward_view(A, "cam")
+    # d logit / d b = b = a + 2, whose mean is 4.5: 4.5 (a + 2) at the last call (the first call would give 4.5 (a + 1))
+    torch.testing.assert_close(cams, 4.5 * (A + 2))
+
+
+def test_the_cam_method_gives_the_signed_logit_maps_of_the_head():
+    source = _square_source("cam")
+    source.check_request("logit")
+    probs, maps = source.forward_view(A, "logit")
+    torch.testing.assert_close(maps, 2.0 * A**2)
+    torch.testing.assert_close(probs, torch.sigmoid(torch.tensor([[15.0]])))
