@@ -21,7 +21,8 @@ MAX_CELLS = 2000
 
 def _tsne(points: np.ndarray, seed: int = 0) -> np.ndarray:
     perplexity = float(min(30, max(2, len(points) // 4)))
-    return TSNE(perplexity=perplexity, init="pca", random_state=seed).fit_transform(points)
+    method = "exact" if len(points) < 300 else "barnes_hut"  # Barnes-Hut has a large fixed cost on few points
+    return TSNE(perplexity=perplexity, init="pca", random_state=seed, method=method).fit_transform(points)
 
 
 def plot_embeddings(
