@@ -15,6 +15,7 @@ from src.crops.store import CropSpec, extract_split, read_index
 from src.data.io import read_labels
 from src.models.cell_classifier import create_cell_classifier
 from src.models.contrastive import ContrastiveLoss
+from src.training.cell_datamodule import CellCropDataModule
 from src.training.cell_views import random_views, two_views
 from src.training.checkpoints import read_checkpoint_hparams
 
@@ -113,3 +114,16 @@ def test_an_empty_split_and_a_foreign_checkpoint_are_refused(crop_store, tmp_pat
     )  # fmt: skip
     with pytest.raises(ValueError, match="is not a pre-training run on crops"):
         pretrain_cells.main(args)
+
+
+def test_label_fraction_keeps_a_seeded_share_of_the_training_images(crop_store, tiny_synthetic):
+    full = CellCropDataModule(crop_store, tiny_synthetic, num_workers=0)
+    images = set(full.index.loc[full.train_rows, "ID"])
+    few = CellCropDataModule(crop_store, tiny_synthetic, num_workers=0, label_fraction=0.25)
+    chosen = set(few.index.loc[few.train_rows, "ID"])
+    assert len(chosen) == round(0.25 * len(images)) and chosen < images
+    assert not (few.train_rows & few.val_rows).any() and (few.val_rows == full.val_rows).all()
+    again = CellCropDataModule(crop_store, tiny_synthetic, num_workers=0, label_fraction=0.25)
+    assert set(again.index.loc[again.train_rows, "ID"]) == chosen
+    with pytest.raises(ValueError, match="--label_fraction"):
+        CellCropDataModule(crop_store, tiny_synthetic, num_workers=0, label_fraction=0.0)

@@ -38,6 +38,7 @@ class CellCropDataModule(pl.LightningDataModule):
         bag_images: images per batch for multiple-instance learning (0: plain cell batches).
         num_workers: DataLoader workers.
         seed: augmentation and bag shuffling seed.
+        label_fraction: share of the training images whose cells are used (1: all).
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class CellCropDataModule(pl.LightningDataModule):
         bag_images: int = 0,
         num_workers: int = 2,
         seed: int = 0,
+        label_fraction: float = 1.0,
     ):
         super().__init__()
         self.crop_dir, self.split = crop_dir, "train"
@@ -75,6 +77,9 @@ class CellCropDataModule(pl.LightningDataModule):
         self.image_targets = labels_to_multihot([image_labels[i] for i in self.index["ID"]])
         self.val_fold = val_fold
         self.batch_size, self.bag_images, self.num_workers, self.seed = batch_size, bag_images, num_workers, seed
+        if not 0.0 < label_fraction <= 1.0:
+            raise ValueError(f"--label_fraction must lie in (0, 1], got {label_fraction}")
+        self.label_fraction = label_fraction
         self.train_set: CellCropDataset | None = None
         self.val_set: CellCropDataset | None = None
 
@@ -101,8 +106,20 @@ class CellCropDataModule(pl.LightningDataModule):
     def val_rows(self) -> np.ndarray:
         return (self.index["fold"] == self.val_fold).to_numpy()
 
+    @property
+    def train_rows(self) -> np.ndarray:
+        """Cells of the training folds; with ``label_fraction`` < 1 only those of a seeded share of their images
+        (the labelled few of a semi-supervised comparison; at least one image)."""
+        rows = ~self.val_rows
+        if self.label_fraction >= 1.0:
+            return rows
+        images = np.array(sorted(set(self.index.loc[rows, "ID"])))
+        keep = max(1, round(self.label_fraction * len(images)))
+        chosen = np.random.default_rng(self.seed).choice(images, size=keep, replace=False)
+        return rows & self.index["ID"].isin(chosen).to_numpy()
+
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = self._dataset(~self.val_rows, train=True)
+        self.train_set = self._dataset(self.train_rows, train=True)
         self.val_set = self._dataset(self.val_rows, train=False)
         logger.info("cells: %d training, %d validation", len(self.train_set), len(self.val_set))
 

@@ -40,6 +40,9 @@ def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
     cell.add_argument("--mil_pool", choices=MIL_POOLS, default="none", help="multiple-instance bag pooling")
     cell.add_argument("--mil_weight", type=float, default=0.5, help="share of the bag loss with --mil_pool")
     cell.add_argument("--bag_images", type=int, default=8, help="images per batch with --mil_pool")
+    cell.add_argument(
+        "--label_fraction", type=float, default=1.0, help="train on the cells of this share of the training images"
+    )
 
 
 def build_cell_run(args: argparse.Namespace, callbacks: Sequence[Callback] = ()) -> TrainingRun:
@@ -67,6 +70,7 @@ def build_cell_run(args: argparse.Namespace, callbacks: Sequence[Callback] = ())
         bag_images=args.bag_images if args.mil_pool != "none" else 0,
         num_workers=args.num_workers,
         seed=args.seed,
+        label_fraction=args.label_fraction,
     )
     args.num_classes = NUM_CLASSES
     args.num_inchannels = datamodule.crop_channels
