@@ -157,3 +157,17 @@ def test_train_cell_segmenter_cli_smoke(tiny_synthetic: Path, tmp_path: Path) ->
         "--backend", "learned", "--weights", str(out), "--workers", "1",
     )  # fmt: skip
     assert len(list(masks.glob("*.npz"))) == 6
+
+
+def test_held_out_dsb_folder_and_missing_weights_flag_are_refused(tmp_path: Path) -> None:
+    import make_cell_masks
+    import train_cell_segmenter
+
+    args = train_cell_segmenter.parse_args(["--dsb_dir", str(tmp_path / "dsb2018_nuclei"), "--synthetic_dir", ""])
+    with pytest.raises(SystemExit, match="held-out"):
+        train_cell_segmenter.main(args)
+    args = make_cell_masks.parse_args(
+        ["--data_dir", str(tmp_path), "--mask_dir", str(tmp_path), "--backend", "learned"]
+    )
+    with pytest.raises(SystemExit, match="--weights"):
+        make_cell_masks.backend_params(args)
