@@ -4,7 +4,8 @@ The image is brought to the working scale the network was trained at (the nucleu
 estimated per image as the classical backend does, and the image resized so a nucleus spans
 about 24 px: 0.1-0.2 for 2048 px HPA images), normalised by robust percentiles, and run
 through the network whole or in overlapping tiles (bounded memory for any image size). Nuclei:
-connected cores of the interior map seed a watershed over the nucleus foreground. Cells: the
+maxima of the interior map plus the distance to the background, inside the interior cores, seed
+a watershed over the nucleus foreground. Cells: the
 nuclei seed a watershed over the cell foreground on the cell-boundary map (plus a little of the
 distance to the nucleus), so label k grows from nucleus k, as in the classical backend; with
 ``cells='classical'`` the classical cell watershed grows them instead. Labels come back to the
@@ -21,6 +22,7 @@ import cv2
 import numpy as np
 import torch
 from scipy import ndimage as ndi
+from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from src.cell_masks.classical import (
@@ -49,8 +51,11 @@ class LearnedParams:
         tile_size: the network runs on tiles of at most this many working pixels a side ...
         tile_overlap: ... overlapping by this many pixels (their probabilities are averaged).
         foreground_threshold: a pixel is inside an object when P(interior) + P(boundary) is above this.
-        seed_threshold: nucleus seeds are the connected pixels with P(interior) above this.
-        min_seed_fraction: seeds smaller than this fraction of the typical nucleus area are dropped.
+        seed_threshold: nucleus seeds lie where P(interior) is above this ...
+        seed_h: ... and are the h-maxima of this depth of a landscape adding the distance to the background (in
+            nucleus diameters) to P(interior), which parts touching nuclei whose interiors the network joined
+            (0: the connected interior cores are the seeds).
+        min_seed_fraction: (seed_h 0) seeds smaller than this fraction of the typical nucleus area are dropped.
         min_nucleus_fraction: nuclei smaller than this fraction of the typical nucleus area are removed.
         distance_weight: weight of the distance to the nucleus (in nucleus diameters) in the cell landscape.
         min_cell_fraction: cells smaller than this multiple of the typical nucleus area are dropped.
@@ -61,6 +66,7 @@ class LearnedParams:
     tile_overlap: int = 64
     foreground_threshold: float = 0.5
     seed_threshold: float = 0.5
+    seed_h: float = 0.05
     min_seed_fraction: float = 0.03
     min_nucleus_fraction: float = 0.1
     distance_weight: float = 0.05
@@ -148,7 +154,7 @@ def predict_maps(network: torch.nn.Module, image: np.ndarray, tile_size: int = 5
 
 
 def nuclei_from_maps(maps: np.ndarray, params: LearnedParams, diameter: float) -> np.ndarray:
-    """Nucleus labels from the nucleus maps: interior cores seed a watershed over the foreground.
+    """Nucleus labels from the nucleus maps: seeds in the interior cores, a watershed over the foreground.
 
     Args:
         maps: (3, h, w) nucleus probabilities (background, interior, boundary).
@@ -161,13 +167,20 @@ def nuclei_from_maps(maps: np.ndarray, params: LearnedParams, diameter: float) -
     interior, boundary = maps[1], maps[2]
     foreground = ndi.binary_fill_holes(interior + boundary > params.foreground_threshold)
     typical_area = np.pi * (diameter / 2.0) ** 2
-    seeds, count = ndi.label((interior > params.seed_threshold) & foreground)
+    core = (interior > params.seed_threshold) & foreground
+    if params.seed_h > 0:
+        distance = cv2.distanceTransform(foreground.astype(np.uint8), cv2.DIST_L2, 5)
+        landscape = cv2.GaussianBlur(distance, (0, 0), 1.0) / diameter + interior
+        seeds, count = ndi.label(h_maxima(landscape.astype(np.float32), params.seed_h) & core)
+    else:
+        landscape = interior - boundary
+        seeds, count = ndi.label(core)
+        small = np.bincount(seeds.ravel()) < params.min_seed_fraction * typical_area
+        small[0] = False
+        seeds[small[seeds]] = 0
     if count == 0:
         return np.zeros(interior.shape, np.int32)
-    small = np.bincount(seeds.ravel()) < params.min_seed_fraction * typical_area
-    small[0] = False
-    seeds[small[seeds]] = 0
-    labels = watershed(boundary - interior, seeds, mask=foreground)
+    labels = watershed(-landscape, seeds, mask=foreground)
     areas = np.bincount(labels.ravel())
     small = areas < params.min_nucleus_fraction * typical_area
     small[0] = False
