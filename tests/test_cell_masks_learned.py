@@ -171,3 +171,10 @@ def test_held_out_dsb_folder_and_missing_weights_flag_are_refused(tmp_path: Path
     )
     with pytest.raises(SystemExit, match="--weights"):
         make_cell_masks.backend_params(args)
+
+
+def test_foreground_everywhere_gives_finite_labels() -> None:
+    """An untrained network can call every pixel a nucleus: the seeds must still come from finite distances."""
+    maps = np.stack([np.full((64, 96), value, np.float32) for value in (0.2, 0.6, 0.2)])
+    labels = nuclei_from_maps(maps, LearnedParams(), diameter=24.0)
+    assert labels.shape == (64, 96) and labels.max() >= 1

@@ -169,7 +169,9 @@ def nuclei_from_maps(maps: np.ndarray, params: LearnedParams, diameter: float) -
     typical_area = np.pi * (diameter / 2.0) ** 2
     core = (interior > params.seed_threshold) & foreground
     if params.seed_h > 0:
-        distance = cv2.distanceTransform(foreground.astype(np.uint8), cv2.DIST_L2, 5)
+        # the image border counts as background (a foreground with no background pixel has no finite distance)
+        padded = np.pad(foreground.astype(np.uint8), 1)
+        distance = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
         landscape = cv2.GaussianBlur(distance, (0, 0), 1.0) / diameter + interior
         seeds, count = ndi.label(h_maxima(landscape.astype(np.float32), params.seed_h) & core)
     else:
