@@ -49,6 +49,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="typical nucleus diameter in px (default: estimated per image)",
     )
+    learned = parser.add_argument_group("learned backend")
+    learned.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="weight file of train_cell_segmenter.py (e.g. outputs/cell_segmenter/weights.pt)",
+    )
+    learned.add_argument(
+        "--learned_cells", default="learned", choices=("learned", "classical"),
+        help="cells from the network's cell maps, or the classical cell watershed seeded by the learned nuclei",
+    )  # fmt: skip
     hpa = parser.add_argument_group("hpacellseg backend")
     hpa.add_argument("--nuclei_model", type=Path, default=None, help="hpacellseg nuclei model weights (.pth)")
     hpa.add_argument("--cell_model", type=Path, default=None, help="hpacellseg 3-channel cell model weights (.pth)")
@@ -74,6 +85,10 @@ def backend_params(args: argparse.Namespace) -> dict:
             params["nucleus_diameter"] = args.nucleus_diameter
         ClassicalParams(**params)
         return params
+    if args.backend == "learned":
+        if args.weights is None:
+            raise SystemExit("--backend learned needs --weights PATH (train one with train_cell_segmenter.py)")
+        return {"weights": args.weights, "cells": args.learned_cells}
     if args.backend == "hpacellseg":
         return {"nuclei_model": args.nuclei_model, "cell_model": args.cell_model, "device": args.device}
     if args.precomputed_dir is None:

@@ -1,7 +1,13 @@
-"""Quality of the classical segmentation backend on real and synthetic images.
+"""Quality of the classical and learned segmentation backends on real and synthetic images.
 
     python benchmarks/bench_cell_masks_quality.py                       # real data only
     python benchmarks/bench_cell_masks_quality.py --synthetic_dir /tmp/synth_cells
+    python benchmarks/bench_cell_masks_quality.py --weights other.pt --backends learned
+
+The learned rows use --weights (default: outputs/cell_segmenter/weights.pt, where
+train_cell_segmenter.py writes); without that file they are skipped with the reason. "learned"
+rows grow cells on the network's cell maps, "learned nuclei + classical cells" with the classical
+cell watershed seeded by the learned nuclei.
 
 Nuclei: DSB2018 fluorescence images with hand-made truth (F1 at IoU >= 0.5, mean matched IoU).
 Cells: the three real HPA samples against the hpacellseg DPN-UNet masks (F1 at IoU >= 0.6),
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -24,9 +31,12 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from src.cell_masks.classical import ClassicalParams, segment_classical, segment_nuclei  # noqa: E402
+from src.cell_masks.learned import LearnedSegmenter  # noqa: E402
+from src.cell_masks.learned_net import DEFAULT_WEIGHTS  # noqa: E402
 from src.cell_masks.quality import f1_score, match_instances  # noqa: E402
 from src.data.io import read_labels, read_rgby  # noqa: E402
 
@@ -36,6 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dsb_dir", type=Path, default=Path("../shared/data/dsb2018_nuclei"))
     parser.add_argument("--hpa_dir", type=Path, default=Path("../shared/data/hpa_kaggle_samples"))
     parser.add_argument("--synthetic_dir", type=Path, default=None, help="output of make_synthetic_data.py (optional)")
+    parser.add_argument("--weights", type=Path, default=ROOT / DEFAULT_WEIGHTS, help="learned backend weight file")
+    parser.add_argument("--backends", default="classical,learned", help="comma-separated: classical, learned")
+    parser.add_argument("--per_image", action="store_true", help="also print the F1 of every DSB2018 image")
     return parser.parse_args()
 
 
@@ -85,43 +98,69 @@ class Tally:
         )
 
 
-def main(args: argparse.Namespace) -> None:
+def methods(args: argparse.Namespace) -> list[tuple[str, Callable, Callable]]:
+    """(row name, nuclei function (H, W) -> labels, cells function RGBY -> cell labels) per backend variant."""
     params = ClassicalParams()
+    chosen = [name.strip() for name in args.backends.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - {"classical", "learned"})
+    if unknown:
+        raise SystemExit(f"--backends: unknown {unknown}; valid: classical, learned")
+    rows: list[tuple[str, Callable, Callable]] = []
+    if "classical" in chosen:
+        rows.append(("classical", lambda g: segment_nuclei(g, params), lambda rgby: segment_classical(rgby, params)[1]))
+    if "learned" in chosen:
+        if not args.weights.is_file():
+            print(f"| learned | skipped: no weights at {args.weights} (train_cell_segmenter.py) | | | | | |")
+        else:
+            learned = LearnedSegmenter(args.weights)
+            mixed = LearnedSegmenter(args.weights, cells="classical")
+            rows.append(("learned", learned.nuclei, lambda rgby: learned(rgby)[1]))
+            rows.append(("learned nuclei + classical cells", None, lambda rgby: mixed(rgby)[1]))
+    return rows
+
+
+def main(args: argparse.Namespace) -> None:
     print("| set | images | true objects | F1 pooled | F1 per-image mean | mean matched IoU | seconds |")
     print("|---|---|---|---|---|---|---|")
+    variants = methods(args)
     if args.dsb_dir.is_dir():
         samples = read_dsb(args.dsb_dir)
-        for name, method in (("DSB2018 nuclei, naive Otsu+DT watershed (IoU>=0.5)", naive_nuclei),
-                             ("DSB2018 nuclei, classical (IoU>=0.5)", lambda g: segment_nuclei(g, params))):  # fmt: skip
+        nuclei_methods = [("naive Otsu+DT watershed", naive_nuclei)] if "classical" in args.backends else []
+        nuclei_methods += [(name, nuclei) for name, nuclei, _ in variants if nuclei is not None]
+        for name, method in nuclei_methods:
             tally, start = Tally(), time.perf_counter()
             for _, gray, truth in samples:
                 tally.add(method(gray), truth, 0.5)
-            print(tally.row(name, time.perf_counter() - start))
+            print(tally.row(f"DSB2018 nuclei, {name} (IoU>=0.5)", time.perf_counter() - start))
+            if args.per_image:
+                print(f"| per image, {name} | " + " ".join(f"{f1:.2f}" for f1 in tally.per_image) + " | | | | | |")
     else:
         print(f"| DSB2018 nuclei | skipped: {args.dsb_dir} not found | | | | | |")
     reference_dir = args.hpa_dir / "masks_hpacellseg"
     if reference_dir.is_dir():
-        tally, start = Tally(), time.perf_counter()
-        for image_id in read_labels(args.hpa_dir / "train.csv")["ID"]:
-            rgby = read_rgby(args.hpa_dir, image_id, split="")
-            reference = cv2.imread(str(reference_dir / f"{image_id}_predictedmask.png"), cv2.IMREAD_UNCHANGED)
-            tally.add(segment_classical(rgby, params)[1], reference, 0.6)
-        print(tally.row("HPA cells vs hpacellseg, classical (IoU>=0.6)", time.perf_counter() - start))
+        for name, _, cells in variants:
+            tally, start = Tally(), time.perf_counter()
+            for image_id in read_labels(args.hpa_dir / "train.csv")["ID"]:
+                rgby = read_rgby(args.hpa_dir, image_id, split="")
+                reference = cv2.imread(str(reference_dir / f"{image_id}_predictedmask.png"), cv2.IMREAD_UNCHANGED)
+                tally.add(cells(rgby), reference, 0.6)
+            print(tally.row(f"HPA cells vs hpacellseg, {name} (IoU>=0.6)", time.perf_counter() - start))
     else:
         print(f"| HPA cells | skipped: {reference_dir} not found | | | | | |")
     if args.synthetic_dir is not None:
         truth_dir = args.synthetic_dir / "truth" / "cell_masks"
-        tally, start = Tally(), time.perf_counter()
-        for truth_file in sorted(truth_dir.glob("*.png")):
-            image_id = truth_file.stem
-            split = "test" if (args.synthetic_dir / "test" / f"{image_id}_blue.png").is_file() else "train"
-            rgby = read_rgby(args.synthetic_dir, image_id, split=split)
-            tally.add(segment_classical(rgby, params)[1], cv2.imread(str(truth_file), cv2.IMREAD_UNCHANGED), 0.6)
-        print(
-            tally.row(
-                f"synthetic cells vs truth, classical (IoU>=0.6) [{args.synthetic_dir}]", time.perf_counter() - start
+        for name, _, cells in variants:
+            tally, start = Tally(), time.perf_counter()
+            for truth_file in sorted(truth_dir.glob("*.png")):
+                image_id = truth_file.stem
+                split = "test" if (args.synthetic_dir / "test" / f"{image_id}_blue.png").is_file() else "train"
+                rgby = read_rgby(args.synthetic_dir, image_id, split=split)
+                tally.add(cells(rgby), cv2.imread(str(truth_file), cv2.IMREAD_UNCHANGED), 0.6)
+            print(
+                tally.row(
+                    f"synthetic cells vs truth, {name} (IoU>=0.6) [{args.synthetic_dir}]", time.perf_counter() - start
+                )
             )
-        )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """Speed of the mask backends on real 2048x2048 HPA images, decode included.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_cell_masks_speed.py --repeats 4
+    OMP_NUM_THREADS=1 python benchmarks/bench_cell_masks_speed.py --backend learned --repeats 4
     python benchmarks/bench_cell_masks_speed.py --backend hpacellseg --repeats 1
 
 classical: seconds per image on one core (OpenCV and BLAS limited to one thread) for decode,
 segmentation and cache write, then the throughput of 1 and 2 worker processes over the
 same tasks.
+
+learned: the same figures for the learned backend (--weights, default outputs/cell_segmenter/weights.pt),
+torch limited to one thread per process.
 
 hpacellseg: seconds per image at scale 0.25 on --device (torch's default threads on the CPU)
 for the nuclei network, the cell network and hpacellseg's labelling. The package comes from
@@ -32,11 +36,14 @@ from pathlib import Path
 
 import cv2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from src.cell_masks.cache import write_masks  # noqa: E402
 from src.cell_masks.classical import segment_classical  # noqa: E402
 from src.cell_masks.hpacellseg_backend import HpaCellSegSegmenter, add_import_roots, build_dpn_unet  # noqa: E402
+from src.cell_masks.learned_net import DEFAULT_WEIGHTS  # noqa: E402
+from src.cell_masks.segment import get_segmenter  # noqa: E402
 from src.data.io import read_labels, read_rgby  # noqa: E402
 
 
@@ -45,7 +52,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hpa_dir", type=Path, default=Path("../shared/data/hpa_kaggle_samples"))
     parser.add_argument("--repeats", type=int, default=4, help="passes over the 3 images")
     parser.add_argument("--max_workers", type=int, default=2, help="classical: largest worker count timed")
-    parser.add_argument("--backend", default="classical", choices=("classical", "hpacellseg"))
+    parser.add_argument("--backend", default="classical", choices=("classical", "learned", "hpacellseg"))
+    parser.add_argument("--weights", type=Path, default=ROOT / DEFAULT_WEIGHTS, help="learned: weight file")
     parser.add_argument(
         "--vendor_dir", type=Path, default=Path("../shared/vendor"), help="hpacellseg: folder of the two archives"
     )
@@ -53,11 +61,28 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def one_image(hpa_dir: str, image_id: str) -> float:
+_SEGMENTERS: dict[tuple[str, str], Callable] = {}
+
+
+def segmenter_for(backend: str, weights: str) -> Callable:
+    """The segmenter of ``backend`` (classical or learned), built once per process, single-threaded."""
+    if (backend, weights) not in _SEGMENTERS:
+        cv2.setNumThreads(1)
+        if backend == "learned":
+            import torch
+
+            torch.set_num_threads(1)
+            _SEGMENTERS[backend, weights] = get_segmenter("learned", weights=weights)
+        else:
+            _SEGMENTERS[backend, weights] = segment_classical
+    return _SEGMENTERS[backend, weights]
+
+
+def one_image(hpa_dir: str, image_id: str, backend: str = "classical", weights: str = "") -> float:
     """Decode and segment one image in a single thread; returns seconds."""
-    cv2.setNumThreads(1)
+    segment = segmenter_for(backend, weights)
     start = time.perf_counter()
-    segment_classical(read_rgby(hpa_dir, image_id, split=""))
+    segment(read_rgby(hpa_dir, image_id, split=""))
     return time.perf_counter() - start
 
 
@@ -68,12 +93,16 @@ def main(args: argparse.Namespace) -> None:
     if args.backend == "hpacellseg":
         bench_hpacellseg(args, hpa_ids)
     else:
+        if args.backend == "learned" and not args.weights.is_file():
+            raise SystemExit(f"--weights {args.weights}: no such file (train_cell_segmenter.py writes it)")
         bench_classical(args, hpa_ids)
 
 
 def bench_classical(args: argparse.Namespace, hpa_ids: list[str]) -> None:
-    cv2.setNumThreads(1)
-    one_image(str(args.hpa_dir), hpa_ids[0])  # warm-up (imports, caches)
+    """Classical or learned backend: one core, then 1..max_workers processes."""
+    backend, weights = args.backend, str(args.weights)
+    segmenter = segmenter_for(backend, weights)
+    one_image(str(args.hpa_dir), hpa_ids[0], backend, weights)  # warm-up (imports, caches)
     decode, segment, write = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
@@ -81,7 +110,7 @@ def bench_classical(args: argparse.Namespace, hpa_ids: list[str]) -> None:
                 t0 = time.perf_counter()
                 rgby = read_rgby(args.hpa_dir, image_id, split="")
                 t1 = time.perf_counter()
-                nuclei_mask, cell_mask = segment_classical(rgby)
+                nuclei_mask, cell_mask = segmenter(rgby)
                 t2 = time.perf_counter()
                 write_masks(Path(tmp) / f"{image_id}.npz", nuclei_mask, cell_mask)
                 t3 = time.perf_counter()
@@ -89,7 +118,9 @@ def bench_classical(args: argparse.Namespace, hpa_ids: list[str]) -> None:
                 segment.append(t2 - t1)
                 write.append(t3 - t2)
     n = len(decode)
-    print(f"one core, {n} images of 2048x2048 (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}):")
+    print(
+        f"{backend}, one core, {n} images of 2048x2048 (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}):"
+    )
     print(
         f"  decode {sum(decode) / n:.3f} s + segment {sum(segment) / n:.3f} s = {(sum(decode) + sum(segment)) / n:.3f} s/image"
     )
@@ -98,9 +129,11 @@ def bench_classical(args: argparse.Namespace, hpa_ids: list[str]) -> None:
     throughput = {}
     for workers in range(1, args.max_workers + 1):
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(one_image, [str(args.hpa_dir)] * workers, hpa_ids[:1] * workers))  # start and warm workers
+            warm = [[str(args.hpa_dir)] * workers, hpa_ids[:1] * workers, [backend] * workers, [weights] * workers]
+            list(pool.map(one_image, *warm))  # start and warm workers
             start = time.perf_counter()
-            list(pool.map(one_image, [str(args.hpa_dir)] * len(tasks), tasks))
+            list(pool.map(one_image, [str(args.hpa_dir)] * len(tasks), tasks, [backend] * len(tasks),
+                          [weights] * len(tasks)))  # fmt: skip
             elapsed = time.perf_counter() - start
         throughput[workers] = len(tasks) / elapsed
         print(f"  {workers} worker(s): {throughput[workers]:.2f} images/s ({elapsed:.1f} s for {len(tasks)} images)")

@@ -44,6 +44,9 @@ LR_SEGM=${LR_SEGM:-1e-3}
 K_CLUSTER=${K_CLUSTER:-10}
 SEGM_THRESH=${SEGM_THRESH:-0.225}
 MASK_BACKEND=${MASK_BACKEND:-classical}
+MASK_PARAMS=${MASK_PARAMS:-}            # backend parameters as YAML, e.g. "{weights: outputs/cell_segmenter/weights.pt}"
+MASK_PARAMS_ARGS=()
+[ -n "$MASK_PARAMS" ] && MASK_PARAMS_ARGS=(--mask_params "$MASK_PARAMS")
 ACCELERATOR=${ACCELERATOR:-auto}
 DEVICES=${DEVICES:-auto}
 PRECISION=${PRECISION:-32}
@@ -77,7 +80,7 @@ train() {  # train ROOT_DIR EPOCHS LR [args...]
 infer() {  # infer YAML SUB_PATH [overrides...]
   local yaml=$1 sub=$2; shift 2
   $PYTHON run_cam_infer.py --yaml_path "$yaml" --sub_path "$sub" --data_dir "$DATA_DIR" \
-    --mask_backend "$MASK_BACKEND" --num_workers "$NUM_WORKERS" "$@"
+    --mask_backend "$MASK_BACKEND" "${MASK_PARAMS_ARGS[@]}" --num_workers "$NUM_WORKERS" "$@"
 }
 
 if [ "$SYNTHETIC" = 1 ]; then  # a no-op when DATA_DIR already holds this exact benchmark
@@ -153,6 +156,7 @@ if [ "$CELL" = 1 ]; then
   if stage crops; then
     for split in train test; do
       $PYTHON extract_cell_crops.py --data_dir "$DATA_DIR" --split "$split" --mask_backend "$MASK_BACKEND" \
+        "${MASK_PARAMS_ARGS[@]}" \
         --mask_dir "$DATA_DIR/masks/${split}_$MASK_BACKEND" --crop_dir "$CROPS" --crop_size "$CROP_SIZE" \
         --crop_mask "$CROP_MASK" --num_workers "$NUM_WORKERS"
     done

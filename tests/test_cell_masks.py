@@ -159,7 +159,7 @@ def test_real_hpa_sample_agrees_with_hpacellseg() -> None:
 
 
 def test_unknown_backend_and_parameter_are_refused() -> None:
-    with pytest.raises(ValueError, match="classical, hpacellseg, precomputed"):
+    with pytest.raises(ValueError, match="classical, learned, hpacellseg, precomputed"):
         get_segmenter("cellpose")
     with pytest.raises(ValueError, match="nucleus_size"):
         get_segmenter("classical", nucleus_size=3)

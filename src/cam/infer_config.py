@@ -45,9 +45,11 @@ class InferConfig:
     gradcam_layer: str = _option(
         "", "module name inside the network ('' = backbone output); multigradcam: comma-separated ('' = each stage)"
     )
-    mask_backend: str = _option("classical", "classical | hpacellseg | precomputed (see make_cell_masks.py)")
+    mask_backend: str = _option("classical", "classical | learned | hpacellseg | precomputed (see make_cell_masks.py)")
     mask_dir: str = _option("", "folder of the mask cache ({mask_dir}/{ID}.npz, computed when missing)")
-    mask_params: dict = _option(meaning="backend parameters, e.g. {nuclei_model: ..., cell_model: ...}", factory=dict)
+    mask_params: dict = _option(
+        meaning="backend parameters, e.g. {weights: ...} (learned), {nuclei_model: ..., cell_model: ...}", factory=dict
+    )
     image_ext: str = _option("png", "channel file extension")
     tta_flips: bool = _option(True, "average identity, horizontal and vertical flips")
     tta_scales: list = _option(meaning="input scales (15th place: [1.0, 1.2, 1.4])", factory=lambda: [1.0])

@@ -12,7 +12,7 @@ import numpy as np
 
 from src.cell_masks.classical import ClassicalParams, segment_classical
 
-BACKENDS = ("classical", "hpacellseg", "precomputed")
+BACKENDS = ("classical", "learned", "hpacellseg", "precomputed")
 
 
 class Segmenter(Protocol):
@@ -39,12 +39,14 @@ def get_segmenter(name: str, **params: Any) -> Segmenter:
     """A segmenter by backend name.
 
     Args:
-        name: 'classical', 'hpacellseg' or 'precomputed'.
-        **params: backend parameters: ``ClassicalParams`` fields for classical;
+        name: 'classical', 'learned', 'hpacellseg' or 'precomputed'.
+        **params: backend parameters: ``ClassicalParams`` fields for classical; weights and
+            ``LearnedParams`` fields for learned;
             nuclei_model, cell_model, device, scale_factor for hpacellseg; cell_dir, nuclei_dir for precomputed.
 
     Raises:
-        ValueError: unknown backend name or parameter.
+        ValueError: unknown backend name or parameter, or (learned) a weight file of another kind.
+        FileNotFoundError: (learned) missing weight file.
     """
     if name == "classical":
         known = set(ClassicalParams.__dataclass_fields__)
@@ -52,6 +54,10 @@ def get_segmenter(name: str, **params: Any) -> Segmenter:
         if unknown:
             raise ValueError(f"backend 'classical': unknown parameter(s) {unknown}; valid: {sorted(known)}")
         return ClassicalSegmenter(**params)
+    if name == "learned":
+        from src.cell_masks.learned import LearnedSegmenter
+
+        return LearnedSegmenter(**params)
     if name == "hpacellseg":
         from src.cell_masks.hpacellseg_backend import HpaCellSegSegmenter
 

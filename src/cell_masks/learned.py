@@ -1,0 +1,291 @@
+"""The ``learned`` mask backend: a small U-Net's interior/boundary maps plus seeded watersheds.
+
+The image is brought to the working scale the network was trained at (the nucleus size is
+estimated per image as the classical backend does, and the image resized so a nucleus spans
+about 24 px: 0.1-0.2 for 2048 px HPA images), normalised by robust percentiles, and run
+through the network whole or in overlapping tiles (bounded memory for any image size). Nuclei:
+maxima of the interior map plus the distance to the background, inside the interior cores, seed
+a watershed over the nucleus foreground. Cells: the
+nuclei seed a watershed over the cell foreground on the cell-boundary map (plus a little of the
+distance to the nucleus), so label k grows from nucleus k, as in the classical backend; with
+``cells='classical'`` the classical cell watershed grows them instead. Labels come back to the
+original size by nearest-neighbour resizing. An image where no nucleus stands out gives empty masks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+from skimage.morphology import h_maxima
+from skimage.segmentation import watershed
+
+from src.cell_masks.classical import (
+    ClassicalParams,
+    _normalise,
+    _resize,
+    estimate_nucleus_diameter,
+    relabel_consistent,
+    segment_cells_working,
+)
+from src.cell_masks.learned_net import NUM_CLASSES, OUTPUT_STRIDE, WorkingScale, load_weights, weights_sha256
+from src.data.io import longer_side_at_most
+
+logger = logging.getLogger(__name__)
+
+CELL_METHODS = ("learned", "classical")
+
+
+@dataclass(frozen=True)
+class LearnedParams:
+    """Post-processing and tiling of the learned backend (the weights carry the rest).
+
+    Attributes:
+        cells: 'learned' (watershed on the network's cell maps) or 'classical' (the classical cell watershed
+            seeded by the learned nuclei).
+        tile_size: the network runs on tiles of at most this many working pixels a side ...
+        tile_overlap: ... overlapping by this many pixels (their probabilities are averaged).
+        foreground_threshold: a pixel is inside an object when P(interior) + P(boundary) is above this.
+        seed_threshold: nucleus seeds lie where P(interior) is above this ...
+        seed_h: ... and are the h-maxima of this depth of a landscape adding the distance to the background (in
+            nucleus diameters) to P(interior), which parts touching nuclei whose interiors the network joined
+            (0: the connected interior cores are the seeds).
+        min_seed_fraction: (seed_h 0) seeds smaller than this fraction of the typical nucleus area are dropped.
+        min_nucleus_fraction: nuclei smaller than this fraction of the typical nucleus area are removed.
+        distance_weight: weight of the distance to the nucleus (in nucleus diameters) in the cell landscape.
+        min_cell_fraction: cells smaller than this multiple of the typical nucleus area are dropped.
+    """
+
+    cells: str = "learned"
+    tile_size: int = 512
+    tile_overlap: int = 64
+    foreground_threshold: float = 0.5
+    seed_threshold: float = 0.5
+    seed_h: float = 0.05
+    min_seed_fraction: float = 0.03
+    min_nucleus_fraction: float = 0.1
+    distance_weight: float = 0.05
+    min_cell_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.cells not in CELL_METHODS:
+            raise ValueError(f"backend 'learned': cells {self.cells!r}; valid: {', '.join(CELL_METHODS)}")
+        if self.tile_size % OUTPUT_STRIDE or self.tile_size <= self.tile_overlap * 2:
+            raise ValueError(
+                f"backend 'learned': tile_size {self.tile_size} must be a multiple of {OUTPUT_STRIDE} "
+                f"and more than twice tile_overlap {self.tile_overlap}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def working_factor(blue: np.ndarray, working: WorkingScale) -> float | None:
+    """Resize factor (original to working) of an image from its nuclear stain, or None when it is empty.
+
+    Args:
+        blue: (H, W) nuclear stain, any dtype.
+        working: the network's working scale.
+    """
+    height, width = blue.shape
+    coarse_factor = min(1.0, 1024 / max(height, width))
+    coarse = _normalise(_resize(blue, longer_side_at_most(height, width, 1024)))
+    diameter = estimate_nucleus_diameter(coarse)
+    if diameter is None:
+        return None
+    factor = working.nucleus_diameter_px / (diameter / coarse_factor)
+    return float(np.clip(factor, working.min_scale, working.max_scale))
+
+
+def network_input(blue: np.ndarray, cytoplasm: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """The network's (2, h, w) float32 input in [0, 1] at the working ``shape`` (rows, cols).
+
+    Args:
+        blue: (H, W) nuclear stain.
+        cytoplasm: (H, W) cell-body signal (max of microtubules and ER), or None (nuclei only: zeros).
+        shape: working (rows, cols).
+    """
+    channels = [_normalise(_resize(blue, shape))]
+    channels.append(np.zeros(shape, np.float32) if cytoplasm is None else _normalise(_resize(cytoplasm, shape)))
+    return np.stack(channels).astype(np.float32)
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    return starts + [length - tile]
+
+
+@torch.inference_mode()
+def predict_maps(network: torch.nn.Module, image: np.ndarray, tile_size: int = 512, overlap: int = 64) -> np.ndarray:
+    """Class probabilities of a working-scale image, tile by tile.
+
+    Args:
+        network: the U-Net in eval mode.
+        image: (2, h, w) float32 network input.
+        tile_size: largest side run at once (multiple of 32).
+        overlap: overlap of neighbouring tiles, pixels.
+
+    Returns:
+        (6, h, w) float32: softmax over (background, interior, boundary) for nuclei, then for cells.
+    """
+    _, height, width = image.shape
+    tile_h, tile_w = min(tile_size, height), min(tile_size, width)
+    padded_h = -(-tile_h // OUTPUT_STRIDE) * OUTPUT_STRIDE
+    padded_w = -(-tile_w // OUTPUT_STRIDE) * OUTPUT_STRIDE
+    total = np.zeros((2 * NUM_CLASSES, height, width), np.float32)
+    counts = np.zeros((height, width), np.float32)
+    for top in _tile_starts(height, tile_h, overlap):
+        for left in _tile_starts(width, tile_w, overlap):
+            tile = np.zeros((1, image.shape[0], padded_h, padded_w), np.float32)
+            tile[0, :, :tile_h, :tile_w] = image[:, top : top + tile_h, left : left + tile_w]
+            logits = network(torch.from_numpy(tile))[0, :, :tile_h, :tile_w]
+            probs = torch.cat([logits[:NUM_CLASSES].softmax(0), logits[NUM_CLASSES:].softmax(0)])
+            total[:, top : top + tile_h, left : left + tile_w] += probs.numpy()
+            counts[top : top + tile_h, left : left + tile_w] += 1.0
+    return total / counts
+
+
+def nuclei_from_maps(maps: np.ndarray, params: LearnedParams, diameter: float) -> np.ndarray:
+    """Nucleus labels from the nucleus maps: seeds in the interior cores, a watershed over the foreground.
+
+    Args:
+        maps: (3, h, w) nucleus probabilities (background, interior, boundary).
+        params: post-processing parameters.
+        diameter: typical nucleus diameter at the working scale, pixels.
+
+    Returns:
+        (h, w) int32 labels, 0 = background.
+    """
+    interior, boundary = maps[1], maps[2]
+    foreground = ndi.binary_fill_holes(interior + boundary > params.foreground_threshold)
+    typical_area = np.pi * (diameter / 2.0) ** 2
+    core = (interior > params.seed_threshold) & foreground
+    if params.seed_h > 0:
+        # the image border counts as background (a foreground with no background pixel has no finite distance)
+        padded = np.pad(foreground.astype(np.uint8), 1)
+        distance = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
+        landscape = cv2.GaussianBlur(distance, (0, 0), 1.0) / diameter + interior
+        seeds, count = ndi.label(h_maxima(landscape.astype(np.float32), params.seed_h) & core)
+    else:
+        landscape = interior - boundary
+        seeds, count = ndi.label(core)
+        small = np.bincount(seeds.ravel()) < params.min_seed_fraction * typical_area
+        small[0] = False
+        seeds[small[seeds]] = 0
+    if count == 0:
+        return np.zeros(interior.shape, np.int32)
+    labels = watershed(-landscape, seeds, mask=foreground)
+    areas = np.bincount(labels.ravel())
+    small = areas < params.min_nucleus_fraction * typical_area
+    small[0] = False
+    labels[small[labels]] = 0
+    return labels.astype(np.int32)
+
+
+def cells_from_maps(maps: np.ndarray, nuclei: np.ndarray, params: LearnedParams, diameter: float) -> np.ndarray:
+    """Cell labels grown from the nuclei over the cell foreground, on the cell-boundary map.
+
+    Args:
+        maps: (3, h, w) cell probabilities (background, interior, boundary).
+        nuclei: (h, w) int32 nucleus labels (the seeds; cell k grows from nucleus k).
+        params: post-processing parameters.
+        diameter: typical nucleus diameter at the working scale, pixels.
+
+    Returns:
+        (h, w) int32 cell labels.
+    """
+    if not nuclei.any():
+        return np.zeros(nuclei.shape, np.int32)
+    foreground = ndi.binary_fill_holes((maps[1] + maps[2] > params.foreground_threshold) | (nuclei > 0))
+    distance = cv2.distanceTransform((nuclei == 0).astype(np.uint8), cv2.DIST_L2, 5)
+    landscape = maps[2] - maps[1] + params.distance_weight * distance / diameter
+    cells = watershed(landscape, nuclei, mask=foreground)
+    areas = np.bincount(cells.ravel())
+    small = areas < params.min_cell_fraction * np.pi * (diameter / 2.0) ** 2
+    small[0] = False
+    cells[small[cells]] = 0
+    return cells.astype(np.int32)
+
+
+class LearnedSegmenter:
+    """Nucleus and cell labels from a U-Net trained by ``train_cell_segmenter.py``.
+
+    The weight file is checked and loaded at construction (it is small); its SHA-256, not its path,
+    goes into ``params`` (the mask cache's manifest), so a cache made with other weights is refused.
+
+    Args:
+        weights: the weight file.
+        **post: ``LearnedParams`` fields.
+
+    Raises:
+        FileNotFoundError, ValueError: missing or mismatched weight file (the message names it).
+    """
+
+    name = "learned"
+
+    def __init__(self, weights: str | os.PathLike | None = None, **post) -> None:
+        known = set(LearnedParams.__dataclass_fields__)
+        unknown = sorted(set(post) - known)
+        if unknown:
+            raise ValueError(f"backend 'learned': unknown parameter(s) {unknown}; valid: weights, {sorted(known)}")
+        self.config = LearnedParams(**post)
+        self.network, self.working, payload = load_weights(weights)
+        self.params = {
+            "weights_sha256": weights_sha256(weights),
+            "network": payload["network"],
+            "working": payload["working"],
+            **self.config.to_dict(),
+        }
+
+    def _maps(self, blue: np.ndarray, cytoplasm: np.ndarray | None) -> tuple[np.ndarray, float] | None:
+        """(6, h, w) maps at the working scale and the factor, or None when no nucleus stands out."""
+        factor = working_factor(blue, self.working)
+        if factor is None:
+            return None
+        height, width = blue.shape
+        shape = (max(1, round(height * factor)), max(1, round(width * factor)))
+        image = network_input(blue, cytoplasm, shape)
+        if float(image[0].max()) <= 0.0:
+            return None
+        return predict_maps(self.network, image, self.config.tile_size, self.config.tile_overlap), factor
+
+    def nuclei(self, blue: np.ndarray) -> np.ndarray:
+        """(H, W) uint16 nucleus labels of a nuclear-stain image alone (the cell channel is left empty)."""
+        result = self._maps(blue, None)
+        if result is None:
+            return np.zeros(blue.shape, np.uint16)
+        labels = nuclei_from_maps(result[0][:NUM_CLASSES], self.config, self.working.nucleus_diameter_px)
+        _, labels = relabel_consistent(labels, labels)
+        return _resize(labels, blue.shape, nearest=True)
+
+    def __call__(self, rgby: np.ndarray, image_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Segment one (H, W, 4) RGBY image; returns (nuclei_mask, cell_mask), (H, W) uint16, nucleus k in cell k."""
+        if rgby.ndim != 3 or rgby.shape[2] != 4:
+            raise ValueError(f"image {image_id}: expected an (H, W, 4) RGBY array, got shape {rgby.shape}")
+        height, width = rgby.shape[:2]
+        cytoplasm = np.maximum(rgby[..., 0], rgby[..., 3])
+        result = self._maps(rgby[..., 2], cytoplasm)
+        if result is None:
+            logger.debug("image %s: no nuclei stand out of the background; empty masks", image_id)
+            empty = np.zeros((height, width), np.uint16)
+            return empty, empty.copy()
+        maps, _ = result
+        diameter = self.working.nucleus_diameter_px
+        nuclei = nuclei_from_maps(maps[:NUM_CLASSES], self.config, diameter)
+        if self.config.cells == "classical":
+            shape = maps.shape[1:]
+            blue = _normalise(_resize(rgby[..., 2], shape))
+            signal = np.maximum(_normalise(_resize(cytoplasm, shape)), blue)
+            cells = segment_cells_working(signal, nuclei, diameter, ClassicalParams())
+        else:
+            cells = cells_from_maps(maps[NUM_CLASSES:], nuclei, self.config, diameter)
+        nuclei_mask, cell_mask = relabel_consistent(nuclei, cells)
+        return _resize(nuclei_mask, (height, width), nearest=True), _resize(cell_mask, (height, width), nearest=True)

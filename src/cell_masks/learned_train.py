@@ -1,0 +1,152 @@
+"""Training loop of the learned mask backend (plain PyTorch: one small network, patches drawn on the fly).
+
+Each batch mixes real nuclei (a ``real_fraction`` of the patches, when real images are given)
+with synthetic images that have nuclei and cells. The loss is class-weighted cross-entropy on
+the nucleus maps plus the same on the cell maps where there is cell truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from src.cell_masks.learned_data import IGNORE, Augmentation, TrainImage, sample_patch
+from src.cell_masks.learned_net import NUM_CLASSES, NetworkConfig, build_network
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings.
+
+    Attributes:
+        steps: optimiser steps (the learning rate follows a cosine over them).
+        batch_size: patches per step.
+        patch: patch side at the working scale, pixels (a multiple of 32).
+        lr: peak learning rate (AdamW), reached after a 5% warm-up.
+        weight_decay: AdamW weight decay.
+        boundary_weight: weight of the boundary class in the cross-entropy (background and interior: 1).
+        real_fraction: share of patches drawn from real nuclei images when there are any.
+        max_minutes: stop after this long (0: no limit); the learning-rate schedule follows whichever of
+            steps and time runs out first, so a run cut by time still ends at a low learning rate.
+        seed: seed of patch sampling and initialisation.
+    """
+
+    steps: int = 1000
+    batch_size: int = 8
+    patch: int = 192
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    boundary_weight: float = 3.0
+    real_fraction: float = 0.5
+    max_minutes: float = 0.0
+    seed: int = 0
+
+
+def training_progress(step: int, seconds: float, settings: TrainSettings) -> float:
+    """Fraction of training done, in [0, 1]: by steps, or by time when ``max_minutes`` runs out first."""
+    done = step / max(1, settings.steps)
+    if settings.max_minutes:
+        done = max(done, seconds / (settings.max_minutes * 60))
+    return min(1.0, done)
+
+
+def lr_factor(progress: float, warmup: float = 0.05) -> float:
+    """Learning-rate multiplier: linear warm-up over the first ``warmup`` of training, then a cosine to 0."""
+    if progress < warmup:
+        return (progress + 1e-3) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (progress - warmup) / (1.0 - warmup)))
+
+
+def draw_batch(
+    real: Sequence[TrainImage],
+    synthetic: Sequence[TrainImage],
+    settings: TrainSettings,
+    aug: Augmentation,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x (N, 2, P, P) float32, nuclei targets (N, P, P) int64, cell targets (N, P, P) int64)."""
+    samples = []
+    for _ in range(settings.batch_size):
+        pool = real if real and (not synthetic or rng.random() < settings.real_fraction) else synthetic
+        samples.append(sample_patch(pool[int(rng.integers(len(pool)))], settings.patch, rng, aug))
+    return tuple(torch.from_numpy(np.stack(parts)) for parts in zip(*samples))  # type: ignore[return-value]
+
+
+def segmentation_loss(logits: torch.Tensor, nuclei: torch.Tensor, cells: torch.Tensor, weight: torch.Tensor):
+    """Cross-entropy of the nucleus maps plus that of the cell maps over the pixels with cell truth.
+
+    Args:
+        logits: (N, 6, H, W) network output.
+        nuclei: (N, H, W) int64 classes.
+        cells: (N, H, W) int64 classes or IGNORE.
+        weight: (3,) class weights.
+    """
+    loss = nn.functional.cross_entropy(logits[:, :NUM_CLASSES], nuclei, weight=weight)
+    if bool((cells != IGNORE).any()):
+        loss = loss + nn.functional.cross_entropy(logits[:, NUM_CLASSES:], cells, weight=weight, ignore_index=IGNORE)
+    return loss
+
+
+def train_network(
+    real: Sequence[TrainImage],
+    synthetic: Sequence[TrainImage],
+    config: NetworkConfig,
+    settings: TrainSettings,
+    aug: Augmentation,
+    progress: bool = True,
+) -> tuple[nn.Module, dict]:
+    """Train the U-Net from scratch.
+
+    Args:
+        real: nuclei-only images (may be empty).
+        synthetic: images with nuclei and cells (may be empty when ``real`` is not).
+        config: architecture.
+        settings: optimisation settings.
+        aug: augmentation.
+        progress: show a progress bar with the running loss.
+
+    Returns:
+        (network in eval mode, summary {'steps', 'seconds', 'final_loss'}).
+
+    Raises:
+        ValueError: no training images at all.
+    """
+    if not real and not synthetic:
+        raise ValueError("no training images: give real nuclei (--dsb_dir) and/or a synthetic benchmark")
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    network = build_network(config)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    start, running, step = time.perf_counter(), None, 0
+    weight = torch.tensor([1.0, 1.0, settings.boundary_weight])
+    bar = tqdm(total=settings.steps, desc="train cell segmenter", unit="step", disable=not progress)
+    network.train()
+    for step in range(1, settings.steps + 1):
+        lr = settings.lr * lr_factor(training_progress(step - 1, time.perf_counter() - start, settings))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, nuclei, cells = draw_batch(real, synthetic, settings, aug, rng)
+        loss = segmentation_loss(network(x), nuclei, cells, weight)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        bar.update()
+        bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr:.1e}")
+        if settings.max_minutes and time.perf_counter() - start > settings.max_minutes * 60:
+            logger.warning("stopped after %d of %d steps: --max_minutes %s reached", step, settings.steps,
+                           settings.max_minutes)  # fmt: skip
+            break
+    bar.close()
+    summary = {"steps": step, "seconds": round(time.perf_counter() - start, 1), "final_loss": running}
+    return network.eval(), summary

@@ -1,0 +1,180 @@
+"""Tests of the learned mask backend: targets, watershed, weights, cache identity and a tiny training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from src.cell_masks.cache import MaskCache, MaskCacheMismatchError
+from src.cell_masks.learned import LearnedParams, LearnedSegmenter, network_input, nuclei_from_maps, predict_maps
+from src.cell_masks.learned_data import Augmentation, instance_targets, load_synthetic, sample_patch
+from src.cell_masks.learned_net import NetworkConfig, WorkingScale, build_network, load_weights, save_weights
+from src.cell_masks.learned_train import TrainSettings, train_network
+from src.cell_masks.segment import get_segmenter
+from src.data.io import read_rgby
+from tests.conftest import run_script
+
+TINY = NetworkConfig("mobilenetv3_small_100", 5, (16, 16, 16, 8, 8))
+
+
+def random_weights(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    save_weights(path, build_network(TINY).eval(), TINY, WorkingScale(), {"seed": seed})
+    return path
+
+
+def two_touching_discs(size: int = 64) -> np.ndarray:
+    """(size, size) int32 labels: two discs of radius 12 whose edges overlap by 4 px (the second wins there)."""
+    rows, cols = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.int32)
+    labels[(rows - 32) ** 2 + (cols - 20) ** 2 <= 144] = 1
+    labels[(rows - 32) ** 2 + (cols - 40) ** 2 <= 144] = 2
+    return labels
+
+
+def test_targets_put_a_boundary_ring_between_touching_nuclei() -> None:
+    labels = two_touching_discs()
+    classes = instance_targets(labels, ring=2)
+    assert set(np.unique(classes)) == {0, 1, 2}
+    assert (classes[32, 26:30] == 2).all()  # two px either side of the contact line is boundary, not interior
+    count, _ = cv2.connectedComponents((classes == 1).astype(np.uint8))
+    assert count - 1 == 2
+
+
+def test_watershed_splits_two_touching_hand_made_nuclei() -> None:
+    labels = two_touching_discs()
+    classes = instance_targets(labels, ring=2)
+    maps = np.stack([(classes == k).astype(np.float32) for k in range(3)])
+    maps = np.stack([cv2.GaussianBlur(m, (0, 0), 1.0) for m in maps])  # soft, like a network's output
+    found = nuclei_from_maps(maps, LearnedParams(), diameter=24.0)
+    assert found.max() == 2
+    for k in (1, 2):
+        overlap = np.bincount(found[labels == k], minlength=3)[1:]
+        owner = int(np.argmax(overlap)) + 1
+        iou = ((found == owner) & (labels == k)).sum() / ((found == owner) | (labels == k)).sum()
+        assert iou > 0.8
+
+
+def test_patches_hold_input_in_range_and_targets_of_the_right_shape(tiny_synthetic: Path) -> None:
+    images = load_synthetic(tiny_synthetic, WorkingScale())
+    x, nuclei, cells = sample_patch(images[0], 64, np.random.default_rng(0), Augmentation(drop_cytoplasm=0.0))
+    assert x.shape == (2, 64, 64) and x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    assert nuclei.shape == cells.shape == (64, 64)
+    assert set(np.unique(cells)) <= {0, 1, 2}
+
+
+def test_tiny_training_beats_chance_on_held_out_synthetic_images(tiny_synthetic: Path, tmp_path: Path) -> None:
+    """After a few dozen steps the nucleus maps already rank held-out nucleus pixels above background (AUC)."""
+    working = WorkingScale()
+    train = load_synthetic(tiny_synthetic, working, split="train")
+    settings = TrainSettings(steps=40, batch_size=4, patch=64, lr=5e-3, seed=0)
+    network, summary = train_network([], train, TINY, settings, Augmentation(), progress=False)
+    assert summary["steps"] == 40
+    weights = tmp_path / "tiny.pt"
+    save_weights(weights, network, TINY, working, {"steps": 40})
+    segmenter = LearnedSegmenter(weights)
+    scores, truths = [], []
+    for image in load_synthetic(tiny_synthetic, working, split="test"):
+        shape = (round(image.blue.shape[0] * image.factor), round(image.blue.shape[1] * image.factor))
+        maps = predict_maps(segmenter.network, network_input(image.blue, image.cytoplasm, shape))
+        scores.append((maps[1] + maps[2]).ravel())
+        truths.append((cv2.resize(image.nuclei, shape[::-1], interpolation=cv2.INTER_NEAREST) > 0).ravel())
+    assert roc_auc_score(np.concatenate(truths), np.concatenate(scores)) > 0.75  # chance: 0.5
+    rgby = read_rgby(tiny_synthetic, "synth-test-00000", split="test")
+    nuclei, cells = segmenter(rgby, "synth-test-00000")
+    assert nuclei.shape == cells.shape == rgby.shape[:2] and nuclei.dtype == cells.dtype == np.uint16
+
+
+def test_all_dark_image_gives_empty_masks(tmp_path: Path) -> None:
+    segmenter = LearnedSegmenter(random_weights(tmp_path / "w.pt"))
+    nuclei, cells = segmenter(np.zeros((96, 128, 4), np.uint8))
+    assert nuclei.shape == (96, 128) and nuclei.dtype == np.uint16 and not nuclei.any() and not cells.any()
+
+
+def test_images_larger_than_a_tile_are_tiled() -> None:
+    torch.manual_seed(0)
+    network = build_network(TINY).eval()
+    image = np.random.default_rng(0).random((2, 150, 230)).astype(np.float32)
+    maps = predict_maps(network, image, tile_size=64, overlap=16)
+    assert maps.shape == (6, 150, 230)
+    np.testing.assert_allclose(maps[:3].sum(0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(maps[3:].sum(0), 1.0, atol=1e-5)
+
+
+def test_cache_refuses_a_folder_made_with_other_weights(tmp_path: Path) -> None:
+    first, second = random_weights(tmp_path / "a.pt", 0), random_weights(tmp_path / "b.pt", 1)
+    mask_dir = tmp_path / "masks"
+    MaskCache(mask_dir, "learned", {"weights": first})
+    MaskCache(mask_dir, "learned", {"weights": str(first)})  # the same weights again: accepted
+    with pytest.raises(MaskCacheMismatchError, match=f"{mask_dir}.*weights_sha256"):
+        MaskCache(mask_dir, "learned", {"weights": second})
+
+
+def test_missing_weights_are_refused_with_the_file_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="needs --weights"):
+        get_segmenter("learned")
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        get_segmenter("learned", weights=tmp_path / "nope.pt")
+
+
+def test_weights_of_another_kind_are_refused_with_the_file_named(tmp_path: Path) -> None:
+    state_dict = tmp_path / "state_dict.pth"  # e.g. a bare state dict, as another backend's network ships
+    torch.save(build_network(TINY).state_dict(), state_dict)
+    with pytest.raises(ValueError, match="state_dict.pth.*not a weight file of the learned mask backend"):
+        load_weights(state_dict)
+    pickled = tmp_path / "hpacellseg_model.pth"  # a pickled module, as hpacellseg's files are
+    torch.save(torch.nn.Conv2d(3, 3, 1), pickled)
+    with pytest.raises(ValueError, match="hpacellseg_model.pth"):
+        load_weights(pickled)
+
+
+def test_weights_with_another_channel_count_are_refused(tmp_path: Path) -> None:
+    path = random_weights(tmp_path / "w.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["in_channels"] = 4
+    torch.save(payload, tmp_path / "four_channels.pt")
+    with pytest.raises(ValueError, match="four_channels.pt.*4 input"):
+        load_weights(tmp_path / "four_channels.pt")
+
+
+def test_train_cell_segmenter_cli_smoke(tiny_synthetic: Path, tmp_path: Path) -> None:
+    out = tmp_path / "weights.pt"
+    run_script(
+        "train_cell_segmenter.py", "--synthetic_dir", str(tiny_synthetic), "--dsb_dir", "", "--steps", "2",
+        "--batch_size", "2", "--patch", "64", "--decoder_channels", "16,16,16,8,8", "--no_progress", "--out", str(out),
+    )  # fmt: skip
+    _, working, payload = load_weights(out)
+    assert payload["train_params"]["steps"] == 2 and payload["train_params"]["synthetic_images"] == 24
+    assert working == WorkingScale()
+    masks = tmp_path / "masks"
+    run_script(
+        "make_cell_masks.py", "--data_dir", str(tiny_synthetic), "--split", "test", "--mask_dir", str(masks),
+        "--backend", "learned", "--weights", str(out), "--workers", "1",
+    )  # fmt: skip
+    assert len(list(masks.glob("*.npz"))) == 6
+
+
+def test_held_out_dsb_folder_and_missing_weights_flag_are_refused(tmp_path: Path) -> None:
+    import make_cell_masks
+    import train_cell_segmenter
+
+    args = train_cell_segmenter.parse_args(["--dsb_dir", str(tmp_path / "dsb2018_nuclei"), "--synthetic_dir", ""])
+    with pytest.raises(SystemExit, match="held-out"):
+        train_cell_segmenter.main(args)
+    args = make_cell_masks.parse_args(
+        ["--data_dir", str(tmp_path), "--mask_dir", str(tmp_path), "--backend", "learned"]
+    )
+    with pytest.raises(SystemExit, match="--weights"):
+        make_cell_masks.backend_params(args)
+
+
+def test_foreground_everywhere_gives_finite_labels() -> None:
+    """An untrained network can call every pixel a nucleus: the seeds must still come from finite distances."""
+    maps = np.stack([np.full((64, 96), value, np.float32) for value in (0.2, 0.6, 0.2)])
+    labels = nuclei_from_maps(maps, LearnedParams(), diameter=24.0)
+    assert labels.shape == (64, 96) and labels.max() >= 1
