@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out_dir", type=Path, required=True)
     parser.add_argument("--no_whiten", action="store_true", help="profiles from raw embeddings")
     parser.add_argument("--bag_size", type=int, default=20, help="images per bag (SIFLoc: 20)")
-    parser.add_argument("--picture", type=Path, default=None, help="t-SNE of the first model's embeddings")
+    parser.add_argument("--picture", type=Path, default=None, help="t-SNE picture of one model's embeddings")
+    parser.add_argument("--picture_model", default=None, help="the model NAME drawn (default: the first)")
     parser.add_argument("--batch_size", type=int, default=256)
     args = parser.parse_args(argv)
     for item in args.model:
@@ -131,7 +132,7 @@ def main(args: argparse.Namespace) -> None:
         name, spec = item.split("=", 1)
         embeddings = embeddings_of(name, spec, args.crop_dir, index, args.out_dir, args.batch_size)
         results[name] = score(embeddings, index, cell_truth, image_table, args)
-        if args.picture is not None and len(results) == 1:
+        if args.picture is not None and name == (args.picture_model or args.model[0].split("=", 1)[0]):
             plot_embeddings(embeddings, index, cell_truth, image_table, args.picture, title=name)
     write_text_atomic(args.out_dir / "profiles.json", json.dumps(results, indent=1) + "\n")
     print("| model | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS))

@@ -89,7 +89,7 @@ done
 if stage profiles; then
   mkdir -p "$OUT_DIR/profiles"
   $PYTHON evaluate_profiles.py --data_dir "$DATA_DIR" --crop_dir "$CROPS" "${MODELS[@]}" \
-    --out_dir "$OUT_DIR/profiles" --picture images/cell_embeddings.png | tee "$OUT_DIR/profiles/table.md"
+    --out_dir "$OUT_DIR/profiles" --picture images/cell_embeddings.png --picture_model selfsup | tee "$OUT_DIR/profiles/table.md"
   finish profiles
 fi
 # single-cell mAP of each cell classifier alone: every test image, then seen and held-out cell lines
