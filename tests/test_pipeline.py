@@ -61,6 +61,7 @@ def test_pipeline_rerun_skips_finished_stages(pipeline_run):
     assert len(skipped) == 5 + len(STAGES)  # round0, sub_labels, round1, pseudo_labels, segmentation + inference
 
 
+@pytest.mark.slow  # retrains the U-Net and re-runs two inferences (40 s); the stages are the pipeline test's
 def test_segm_thresh_sweep_retrains_only_the_unet(pipeline_run):
     root, env, _ = pipeline_run
     result = subprocess.run(

@@ -324,6 +324,7 @@ def test_macro_average_precision_on_an_imperfect_ranking_by_hand():
     assert macro_average_precision(probs, targets) == pytest.approx(((0.5 + 0.5 * 2 / 3) + 0.5) / 2)
 
 
+@pytest.mark.slow  # two processes starting Lightning: 24 s; run with -m slow
 def test_ddp_on_two_cpu_processes_writes_one_checkpoint_set(kaggle_data, tmp_path):
     run_script("run_classification.py", *train_args(kaggle_data, tmp_path, "--devices", "2", "--strategy", "ddp"))
     versions = list((tmp_path / "lightning_logs").iterdir())
