@@ -33,8 +33,8 @@ from src.cell_masks.classical import (
     relabel_consistent,
     segment_cells_working,
 )
-from src.cell_masks.learned_net import NUM_CLASSES, OUTPUT_STRIDE, WorkingScale, load_weights, weights_sha256
-from src.data.io import longer_side_at_most
+from src.cell_masks.learned_net import NUM_CLASSES, OUTPUT_STRIDE, WorkingScale, load_weights
+from src.data.io import file_sha256, longer_side_at_most
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class LearnedSegmenter:
         self.config = LearnedParams(**post)
         self.network, self.working, payload = load_weights(weights)
         self.params = {
-            "weights_sha256": weights_sha256(weights),
+            "weights_sha256": file_sha256(weights),
             "network": payload["network"],
             "working": payload["working"],
             **self.config.to_dict(),

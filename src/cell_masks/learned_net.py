@@ -14,7 +14,6 @@ arguments it was trained with), like the checkpoints of the other stages.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,15 +118,6 @@ def save_weights(
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-
-
-def weights_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a weight file: its identity in the mask cache's manifest."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_weights(path: str | os.PathLike | None, flag: str = "--weights") -> tuple[nn.Module, WorkingScale, dict]:

@@ -8,6 +8,7 @@ RGB JPEG whose signal sits in its own plane (yellow in both red and green).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -147,3 +148,12 @@ def labels_to_multihot(labels: list[list[int]]) -> np.ndarray:
     for row, ids in enumerate(labels):
         multihot[row, ids] = 1.0
     return multihot
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks: a file's identity in manifests and thresholds files."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

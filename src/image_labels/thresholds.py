@@ -16,14 +16,7 @@ import numpy as np
 
 from src.data.atomic import write_text_atomic
 from src.data.classes import NUM_CLASSES
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from src.data.io import file_sha256
 
 
 def checkpoints_sha256(checkpoint_paths: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
