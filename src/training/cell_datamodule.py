@@ -7,6 +7,7 @@ image classifier held out.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 
@@ -24,7 +25,42 @@ from src.data.io import labels_to_multihot, read_labels
 logger = logging.getLogger(__name__)
 
 
-class CellCropDataModule(pl.LightningDataModule):
+class CropStoreDataModule(pl.LightningDataModule):
+    """What every data module over a crop store shares: its manifest, the crop format it fixes and the loader
+    settings (streaming workers, pinned memory on CUDA).
+
+    Raises:
+        FileNotFoundError: ``crop_dir`` is not a crop store.
+    """
+
+    def __init__(self, crop_dir: str | os.PathLike, num_workers: int):
+        super().__init__()
+        self.crop_dir, self.num_workers = crop_dir, num_workers
+        self.manifest = read_manifest(crop_dir)
+
+    @property
+    def crop_channels(self) -> int:
+        return int(self.manifest["channels"])
+
+    @property
+    def crop_size(self) -> int:
+        return int(self.manifest["crop_size"])
+
+    def record_crop_format(self, args: argparse.Namespace) -> None:
+        """Set the run's ``num_inchannels``, ``input_size`` and ``crop_spec`` (saved with the checkpoint, so
+        inference cuts the same crops) from the store."""
+        args.num_inchannels, args.input_size, args.crop_spec = self.crop_channels, self.crop_size, self.manifest
+
+    def loader_options(self) -> dict:
+        """DataLoader keywords of every loader over the store."""
+        return dict(
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+class CellCropDataModule(CropStoreDataModule):
     """Training cells of a crop store with their targets.
 
     Args:
@@ -56,9 +92,8 @@ class CellCropDataModule(pl.LightningDataModule):
         seed: int = 0,
         label_fraction: float = 1.0,
     ):
-        super().__init__()
-        self.crop_dir, self.split = crop_dir, "train"
-        self.manifest = read_manifest(crop_dir)
+        super().__init__(crop_dir, num_workers)
+        self.split = "train"
         labels = read_labels(os.path.join(data_dir, "train.csv"))
         if not 0 <= val_fold < n_splits:
             raise ValueError(f"--val_fold {val_fold} outside 0..{n_splits - 1}")
@@ -76,20 +111,12 @@ class CellCropDataModule(pl.LightningDataModule):
         self.targets = cell_targets(targets, self.index, image_labels, pseudo_csv, pseudo_weight)
         self.image_targets = labels_to_multihot([image_labels[i] for i in self.index["ID"]])
         self.val_fold = val_fold
-        self.batch_size, self.bag_images, self.num_workers, self.seed = batch_size, bag_images, num_workers, seed
+        self.batch_size, self.bag_images, self.seed = batch_size, bag_images, seed
         if not 0.0 < label_fraction <= 1.0:
             raise ValueError(f"--label_fraction must lie in (0, 1], got {label_fraction}")
         self.label_fraction = label_fraction
         self.train_set: CellCropDataset | None = None
         self.val_set: CellCropDataset | None = None
-
-    @property
-    def crop_channels(self) -> int:
-        return int(self.manifest["channels"])
-
-    @property
-    def crop_size(self) -> int:
-        return int(self.manifest["crop_size"])
 
     def _dataset(self, rows: np.ndarray, train: bool) -> CellCropDataset:
         return CellCropDataset(
@@ -124,11 +151,7 @@ class CellCropDataModule(pl.LightningDataModule):
         logger.info("cells: %d training, %d validation", len(self.train_set), len(self.val_set))
 
     def _loader(self, dataset: CellCropDataset, shuffle: bool) -> DataLoader:
-        common = dict(
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
+        common = self.loader_options()
         if self.bag_images > 0:
             sampler = BagBatchSampler(dataset.bags, self.bag_images, shuffle=shuffle, seed=self.seed)
             return DataLoader(dataset, batch_sampler=sampler, **common)

@@ -73,9 +73,7 @@ def build_cell_run(args: argparse.Namespace, callbacks: Sequence[Callback] = ())
         label_fraction=args.label_fraction,
     )
     args.num_classes = NUM_CLASSES
-    args.num_inchannels = datamodule.crop_channels
-    args.input_size = datamodule.crop_size
-    args.crop_spec = datamodule.manifest
+    datamodule.record_crop_format(args)
     args.round_nb, args.k_cluster = 0, None
     resume_path = None
     if args.ckpt_path is not None:

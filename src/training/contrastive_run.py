@@ -23,9 +23,10 @@ from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from src.crops.dataset import UnlabelledCropDataset
-from src.crops.store import read_index, read_manifest
+from src.crops.store import read_index
 from src.data.atomic import atomic_path
 from src.models.factory import build_criterion, build_network
+from src.training.cell_datamodule import CropStoreDataModule
 from src.training.cell_views import two_views
 from src.training.checkpoints import read_checkpoint_hparams
 from src.training.lit_model import LitModel
@@ -37,7 +38,7 @@ VAL_EVERY = 10  # every 10th image (in store order) gives the validation cells
 BACKBONE_FILE = "backbone.pth"
 
 
-class UnlabelledCropDataModule(pl.LightningDataModule):
+class UnlabelledCropDataModule(CropStoreDataModule):
     """Cells of ``splits`` of a crop store, split by image into training and validation.
 
     Raises:
@@ -53,9 +54,7 @@ class UnlabelledCropDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         seed: int = 0,
     ):
-        super().__init__()
-        self.crop_dir = crop_dir
-        self.manifest = read_manifest(crop_dir)
+        super().__init__(crop_dir, num_workers)
         index = pd.concat([read_index(crop_dir, split) for split in splits], ignore_index=True)
         if index.empty:
             raise ValueError(f"--crop_dir {crop_dir}: no cells in split(s) {', '.join(splits)}")
@@ -64,15 +63,7 @@ class UnlabelledCropDataModule(pl.LightningDataModule):
         self.is_val = (index["split"] + "/" + index["ID"]).isin(val_images).to_numpy()
         self.index = index
         self.same_image_partners, self.seed = same_image_partners, seed
-        self.batch_size, self.num_workers = batch_size, num_workers
-
-    @property
-    def crop_channels(self) -> int:
-        return int(self.manifest["channels"])
-
-    @property
-    def crop_size(self) -> int:
-        return int(self.manifest["crop_size"])
+        self.batch_size = batch_size
 
     def _loader(self, rows, shuffle: bool) -> DataLoader:
         dataset = UnlabelledCropDataset(self.crop_dir, self.index[rows], self.same_image_partners, self.seed)
@@ -81,9 +72,7 @@ class UnlabelledCropDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             drop_last=shuffle and len(dataset) > self.batch_size,  # BatchNorm needs more than one pair
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
+            **self.loader_options(),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -119,8 +108,7 @@ def build_pretraining_run(args: argparse.Namespace, callbacks: Sequence[Callback
         args.crop_dir, args.splits.split(","), args.positives == "image", args.batch_size, args.num_workers, args.seed
     )
     args.contrastive = True
-    args.num_inchannels, args.input_size = datamodule.crop_channels, datamodule.crop_size
-    args.crop_spec = datamodule.manifest
+    datamodule.record_crop_format(args)
     if args.ckpt_path is not None:
         saved = read_checkpoint_hparams(args.ckpt_path)
         if not saved.get("contrastive") or saved.get("crop_spec") != args.crop_spec:
