@@ -223,12 +223,13 @@ def in_memory_rate(run, batch: dict, device: torch.device, args) -> float:
     return timer.rate(args.warmup)
 
 
-def loader_rates(datamodule: pl.LightningDataModule, args) -> tuple[float, float]:
-    """(seconds to the first batch from a cold start, images/s after ``warmup`` batches) of the training loader."""
+def loader_rates(datamodule: pl.LightningDataModule, args) -> tuple[float, float, dict, int]:
+    """(seconds to the first batch from a cold start, images/s after ``warmup`` batches, the first batch, batches
+    per epoch) of the training loader."""
     loader = datamodule.train_dataloader()
     start = time.perf_counter()
     iterator = iter(loader)
-    next(iterator)
+    sample = next(iterator)
     first = time.perf_counter() - start
     seen, timed_from = 0, None
     for step in range(1, args.warmup + args.steps + 1):
@@ -241,24 +242,22 @@ def loader_rates(datamodule: pl.LightningDataModule, args) -> tuple[float, float
             timed_from = time.perf_counter()
         elif step > args.warmup:
             seen += len(batch["image"])
-    return first, seen / (time.perf_counter() - timed_from)
+    return first, seen / (time.perf_counter() - timed_from), sample, len(loader)
 
 
 def measure_stage(args: argparse.Namespace, stage: str, data_dir: Path, work: Path) -> dict:
     timer = StepTimer()
     run = build_run(run_classification.parse_args(stage_argv(args, stage, data_dir, work)), callbacks=[timer])
-    run.trainer.enable_model_summary = False
     start = time.perf_counter()
     run.datamodule.prepare_data()
     prepare = time.perf_counter() - start
     run.datamodule.setup("fit")
-    first_batch, loader = loader_rates(run.datamodule, args)
-    sample = next(iter(run.datamodule.train_dataloader()))
+    first_batch, loader, sample, batches_per_epoch = loader_rates(run.datamodule, args)
     device = torch.device("cuda" if run.trainer.strategy.root_device.type == "cuda" else "cpu")
     limit = model_only_rate(run.model, sample, device, run.args.precision, args)
     memory = in_memory_rate(run, sample, device, args)
     steps = args.warmup + args.steps + 1
-    run.trainer.fit_loop.max_epochs = -(-steps // len(run.datamodule.train_dataloader()))
+    run.trainer.fit_loop.max_epochs = -(-steps // batches_per_epoch)
     run.trainer.fit(run.model, datamodule=run.datamodule)
     full = timer.rate(args.warmup)
     # the limit is timed again after the fit and the better of the two kept: a machine that speeds up or slows down
