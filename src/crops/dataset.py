@@ -22,6 +22,22 @@ def augment_crop(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return crop
 
 
+class ProcessRng:
+    """A numpy generator seeded once per process from torch's initial seed plus ``seed``: torch seeds every
+    DataLoader worker differently and from the run's seed, so workers never share a stream and a run repeats."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self._rng: np.random.Generator | None = None
+        self._pid: int | None = None
+
+    def __call__(self) -> np.random.Generator:
+        if self._pid != os.getpid():
+            self._rng = np.random.default_rng((torch.initial_seed() + self.seed) % 2**32)
+            self._pid = os.getpid()
+        return self._rng
+
+
 class CellCropDataset(Dataset):
     """One sample per cell of ``index`` (columns ID, cell_id, row).
 
@@ -54,9 +70,7 @@ class CellCropDataset(Dataset):
         self.rows = index["row"].to_numpy()
         self.bags = pd.factorize(index["ID"])[0]
         self.targets, self.image_targets = targets, image_targets
-        self.train, self.seed = train, seed
-        self._rng: np.random.Generator | None = None
-        self._rng_pid: int | None = None
+        self.train, self.rng = train, ProcessRng(seed)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -64,10 +78,7 @@ class CellCropDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         crop = self.reader(self.ids[i], int(self.rows[i]))
         if self.train:
-            if self._rng_pid != os.getpid():  # per process: torch seeds each DataLoader worker differently
-                self._rng = np.random.default_rng((torch.initial_seed() + self.seed) % 2**32)
-                self._rng_pid = os.getpid()
-            crop = augment_crop(crop, self._rng)
+            crop = augment_crop(crop, self.rng())
         return {
             "id": str(self.ids[i]),
             "cell_id": int(self.cell_ids[i]),
@@ -129,12 +140,10 @@ class UnlabelledCropDataset(Dataset):
         self.ids = index["ID"].to_numpy()
         self.rows = index["row"].to_numpy()
         self.splits = index["split"].to_numpy()
-        self.same_image_partners, self.seed = same_image_partners, seed
+        self.same_image_partners, self.rng = same_image_partners, ProcessRng(seed)
         keys = pd.Series(index["split"].astype(str) + "/" + index["ID"].astype(str))
         self.members = keys.groupby(keys).indices  # image key -> positions of its cells
         self.keys = keys.to_numpy()
-        self._rng: np.random.Generator | None = None
-        self._rng_pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -146,10 +155,7 @@ class UnlabelledCropDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = {"id": str(self.ids[i]), "split": str(self.splits[i]), "image": self._crop(i)}
         if self.same_image_partners:
-            if self._rng_pid != os.getpid():
-                self._rng = np.random.default_rng((torch.initial_seed() + self.seed) % 2**32)
-                self._rng_pid = os.getpid()
             cells = self.members[self.keys[i]]
             others = cells[cells != i]
-            item["partner"] = self._crop(int(self._rng.choice(others)) if len(others) else i)
+            item["partner"] = self._crop(int(self.rng().choice(others)) if len(others) else i)
         return item
