@@ -23,6 +23,7 @@ from src.metrics import (
     match_image,
     within_image_ceiling,
 )
+from src.metrics.truth import CellTruth
 from src.submission.codec import (
     CellPrediction,
     encode_binary_mask,
@@ -493,3 +494,31 @@ def test_duplicate_scored_ids_are_refused(two_cells) -> None:
     truth, mask = two_cells
     with pytest.raises(ValueError, match="duplicates"):
         evaluate_submission(submission({"a": [(0, 0.9, mask == 1)]}), truth, ids=["a", "a"])
+
+
+def test_iou_cache_reuses_the_masks_and_scores_new_confidences_the_same_as_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep re-scores the same masks with other confidences: with the cache each truth mask is read once and every
+    score equals the uncached one."""
+    truth_dir, first, second = heterogeneous_truth(tmp_path)
+    truth = load_truth(truth_dir)
+    masks = {"img1": [first == k for k in (1, 2, 3)], "img2": [second == k for k in (1, 2)]}
+
+    def frame(seed: int) -> pd.DataFrame:
+        rng = np.random.default_rng(seed)
+        return submission(
+            {i: [(c, float(rng.random()), m) for m in ms for c in (0, 16, 18)] for i, ms in masks.items()}
+        )
+
+    uncached = [evaluate_submission(frame(seed), truth) for seed in range(3)]
+    assert len({round(r.mAP, 6) for r in uncached}) > 1  # the confidences do change the scores
+    reads: list[str] = []
+    read_cell_mask = CellTruth.read_cell_mask
+    monkeypatch.setattr(CellTruth, "read_cell_mask", lambda self, i: reads.append(i) or read_cell_mask(self, i))
+    cache: dict = {}
+    for seed in range(3):
+        assert evaluate_submission(frame(seed), truth, iou_cache=cache).per_class_ap == uncached[seed].per_class_ap
+    assert sorted(reads) == ["img1", "img2"] and len(cache["img1"]) == 3
+    with pytest.raises(ValueError, match="workers=1"):
+        evaluate_submission(frame(0), truth, iou_cache=cache, workers=2)

@@ -62,5 +62,9 @@ def tune_fusion(
 ) -> list[tuple[FusionConfig, float]]:
     """(config, single-cell mAP) of every candidate on the images of ``image_part``, best first."""
     ids = image_part["ID"].astype(str).tolist()
-    results = [(c, evaluate_submission(fuse_submissions(image_part, cell_part, c), truth, ids).mAP) for c in candidates]
+    cache: dict[str, dict[str, np.ndarray]] = {}  # every candidate scores the same masks: match each once
+    results = [
+        (c, evaluate_submission(fuse_submissions(image_part, cell_part, c), truth, ids, iou_cache=cache).mAP)
+        for c in candidates
+    ]
     return sorted(results, key=lambda item: -item[1])
