@@ -21,7 +21,7 @@ from pathlib import Path
 
 from src.cell_masks.learned_data import Augmentation, load_nuclei_folder, load_synthetic
 from src.cell_masks.learned_net import DEFAULT_WEIGHTS, NetworkConfig, WorkingScale, build_network, save_weights
-from src.cell_masks.learned_train import TrainSettings, train_network
+from src.cell_masks.learned_train import TrainSettings, resolve_device, train_network
 
 HELD_OUT = "dsb2018_nuclei"  # the 18 stage-1 test images: the benchmark's held-out check, never training data
 
@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--scale_range", type=float, nargs=2, default=list(aug.scale_range))
     train.add_argument("--max_minutes", type=float, default=0.0, help="stop early after this long (0: no limit)")
     train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--workers", type=int, default=defaults.workers,
+                       help="loader processes drawing patches (0: the main process)")  # fmt: skip
+    train.add_argument("--device", default=defaults.device, choices=("auto", "cpu", "cuda"),
+                       help="auto: CUDA (bf16 autocast) when available")  # fmt: skip
     train.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -76,6 +80,7 @@ def main(args: argparse.Namespace) -> int:
     working = WorkingScale(nucleus_diameter_px=args.nucleus_diameter_px)
     try:
         build_network(config)
+        resolve_device(args.device)
         start = time.perf_counter()
         real = load_nuclei_folder(args.dsb_dir, working, args.dsb_limit) if _given(args.dsb_dir) else []
         synthetic = load_synthetic(args.synthetic_dir, working) if _given(args.synthetic_dir) else []
@@ -85,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     settings = TrainSettings(
         steps=args.steps, batch_size=args.batch_size, patch=args.patch, lr=args.lr,
         boundary_weight=args.boundary_weight, real_fraction=args.real_fraction, max_minutes=args.max_minutes,
-        seed=args.seed,
+        seed=args.seed, workers=args.workers, device=args.device,
     )  # fmt: skip
     augmentation = Augmentation(scale_range=tuple(args.scale_range))
     try:

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+from torch.utils.data import DataLoader
 
 from src.cell_masks.cache import MaskCache, MaskCacheMismatchError
 from src.cell_masks.learned import LearnedParams, LearnedSegmenter, network_input, nuclei_from_maps, predict_maps
 from src.cell_masks.learned_data import Augmentation, instance_targets, load_synthetic, sample_patch
 from src.cell_masks.learned_net import NetworkConfig, WorkingScale, build_network, load_weights, save_weights
-from src.cell_masks.learned_train import TrainSettings, train_network
+from src.cell_masks.learned_train import PatchStream, TrainSettings, resolve_device, train_network
 from src.cell_masks.segment import get_segmenter
 from src.data.io import read_rgby
 from tests.conftest import run_script
@@ -66,6 +67,28 @@ def test_patches_hold_input_in_range_and_targets_of_the_right_shape(tiny_synthet
     assert x.shape == (2, 64, 64) and x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
     assert nuclei.shape == cells.shape == (64, 64)
     assert set(np.unique(cells)) <= {0, 1, 2}
+
+
+def test_patch_stream_is_seeded_and_each_loader_process_draws_its_own_patches(tiny_synthetic: Path) -> None:
+    train = load_synthetic(tiny_synthetic, WorkingScale(), split="train")
+    settings = TrainSettings(batch_size=2, patch=64, seed=3)
+
+    def first(seed: int) -> torch.Tensor:
+        stream = PatchStream([], train, TrainSettings(batch_size=2, patch=64, seed=seed), Augmentation())
+        return next(iter(stream))[0]
+
+    assert torch.equal(first(3), first(3)) and not torch.equal(first(3), first(4))
+    loader = DataLoader(PatchStream([], train, settings, Augmentation()), batch_size=None, num_workers=2)
+    batches = iter(loader)
+    from_worker0, from_worker1 = next(batches)[0], next(batches)[0]  # the loader alternates between its workers
+    assert not torch.equal(from_worker0, from_worker1) and not torch.equal(from_worker0, first(3))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_cuda_is_refused() -> None:
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="--device cuda"):
+        resolve_device("cuda")
 
 
 def test_tiny_training_beats_chance_on_held_out_synthetic_images(tiny_synthetic: Path, tmp_path: Path) -> None:

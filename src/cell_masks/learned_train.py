@@ -2,7 +2,9 @@
 
 Each batch mixes real nuclei (a ``real_fraction`` of the patches, when real images are given)
 with synthetic images that have nuclei and cells. The loss is class-weighted cross-entropy on
-the nucleus maps plus the same on the cell maps where there is cell truth.
+the nucleus maps plus the same on the cell maps where there is cell truth. Batches are drawn in the
+main process or, with ``workers``, in loader processes (each with its own random stream), and the
+network runs on the CPU or on CUDA (bf16 autocast, channels_last) when it is there.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from src.cell_masks.learned_data import IGNORE, Augmentation, TrainImage, sample_patch
@@ -39,6 +42,8 @@ class TrainSettings:
         max_minutes: stop after this long (0: no limit); the learning-rate schedule follows whichever of
             steps and time runs out first, so a run cut by time still ends at a low learning rate.
         seed: seed of patch sampling and initialisation.
+        workers: loader processes drawing batches (0: the main process draws them).
+        device: 'auto' (CUDA when available), 'cpu' or 'cuda'.
     """
 
     steps: int = 1000
@@ -50,6 +55,8 @@ class TrainSettings:
     real_fraction: float = 0.5
     max_minutes: float = 0.0
     seed: int = 0
+    workers: int = 0
+    device: str = "auto"
 
 
 def training_progress(step: int, seconds: float, settings: TrainSettings) -> float:
@@ -80,6 +87,32 @@ def draw_batch(
         pool = real if real and (not synthetic or rng.random() < settings.real_fraction) else synthetic
         samples.append(sample_patch(pool[int(rng.integers(len(pool)))], settings.patch, rng, aug))
     return tuple(torch.from_numpy(np.stack(parts)) for parts in zip(*samples))  # type: ignore[return-value]
+
+
+class PatchStream(IterableDataset):
+    """An endless stream of training batches; each loader process draws from its own seeded generator."""
+
+    def __init__(self, real: Sequence[TrainImage], synthetic: Sequence[TrainImage], settings: TrainSettings,
+                 aug: Augmentation):  # fmt: skip
+        self.real, self.synthetic, self.settings, self.aug = real, synthetic, settings, aug
+
+    def __iter__(self):
+        worker = get_worker_info()
+        stream = [self.settings.seed] if worker is None else [self.settings.seed, worker.id + 1]
+        rng = np.random.default_rng(stream)
+        while True:
+            yield draw_batch(self.real, self.synthetic, self.settings, self.aug, rng)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else the CPU; 'cuda' without CUDA is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: expected auto, cpu or cuda")
+    return torch.device(name)
 
 
 def segmentation_loss(logits: torch.Tensor, nuclei: torch.Tensor, cells: torch.Tensor, weight: torch.Tensor):
@@ -123,20 +156,25 @@ def train_network(
     """
     if not real and not synthetic:
         raise ValueError("no training images: give real nuclei (--dsb_dir) and/or a synthetic benchmark")
+    device = resolve_device(settings.device)
+    cuda = device.type == "cuda"
     torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    network = build_network(config)
+    network = build_network(config).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     start, running, step = time.perf_counter(), None, 0
-    weight = torch.tensor([1.0, 1.0, settings.boundary_weight])
-    bar = tqdm(total=settings.steps, desc="train cell segmenter", unit="step", disable=not progress)
+    weight = torch.tensor([1.0, 1.0, settings.boundary_weight], device=device)
+    batches = iter(DataLoader(PatchStream(real, synthetic, settings, aug), batch_size=None,
+                              num_workers=settings.workers, pin_memory=cuda))  # fmt: skip
+    bar = tqdm(total=settings.steps, desc=f"train cell segmenter ({device.type})", unit="step", disable=not progress)
     network.train()
     for step in range(1, settings.steps + 1):
         lr = settings.lr * lr_factor(training_progress(step - 1, time.perf_counter() - start, settings))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, nuclei, cells = draw_batch(real, synthetic, settings, aug, rng)
-        loss = segmentation_loss(network(x), nuclei, cells, weight)
+        x, nuclei, cells = (part.to(device, non_blocking=True) for part in next(batches))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            logits = network(x.contiguous(memory_format=torch.channels_last))
+        loss = segmentation_loss(logits.float(), nuclei, cells, weight)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -148,5 +186,6 @@ def train_network(
                            settings.max_minutes)  # fmt: skip
             break
     bar.close()
-    summary = {"steps": step, "seconds": round(time.perf_counter() - start, 1), "final_loss": running}
-    return network.eval(), summary
+    summary = {"steps": step, "seconds": round(time.perf_counter() - start, 1), "final_loss": running,
+               "device": device.type}  # fmt: skip
+    return network.to("cpu", memory_format=torch.contiguous_format).eval(), summary
