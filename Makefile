@@ -3,14 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
-# FULL=1 runs the GPU scale measured in README (2000 train images, full-width resnet18 at output stride 16,
-# 512 px, mixed precision): meant for a machine with a CUDA GPU.
+# FULL=1 runs the GPU scale measured in README (settings in scripts/full_scale.env): meant for a machine with a
+# CUDA GPU.
 FULL ?= 0
-ifeq ($(FULL),1)
-PIPELINE_ENV := TIMM=resnet18 TIMM_KWARGS='{"output_stride": 16}' INPUT_SIZE=512 BATCH_SIZE=32 NUM_WORKERS=8 \
-	NUM_TRAIN=2000 NUM_TEST=100 EPOCHS0=30 EPOCHS1=10 EPOCHS_SEGM=16 ACCELERATOR=gpu PRECISION=16-mixed \
-	OUT_DIR=outputs/synthetic_full DATA_DIR=data/synthetic_full
-endif
+FULL_ENV := $(if $(filter 1,$(FULL)),set -a && . scripts/full_scale.env && set +a &&)
 
 .PHONY: install run test lint format clean mutation
 
@@ -23,7 +19,7 @@ $(STAMP): requirements.txt
 install: $(STAMP)
 
 run: install
-	$(PIPELINE_ENV) PYTHON=$(PY) bash scripts/run_pipeline.sh
+	$(FULL_ENV) PYTHON=$(PY) bash scripts/run_pipeline.sh
 
 test: install
 	$(PY) -m pytest -q

@@ -67,15 +67,16 @@ PRESETS = {
                   "--aug_mode", "2", "--batch_size", "32", "--num_workers", "8", "--precision", "16-mixed"],
         "segm": ["--timm_model_name", "resnet18", "--timm_kwargs", '{"output_stride": 16}', "--input_size", "512",
                  "--aug_mode", "2", "--batch_size", "32", "--num_workers", "8", "--precision", "16-mixed"],
-        "cell": ["--timm_model_name", "cell_cnn", "--timm_kwargs", '{"widths": [16, 32, 64, 128]}',
-                 "--batch_size", "64", "--num_workers", "0", "--precision", "16-mixed"],
+        "cell": ["--timm_model_name", "cell_cnn", "--timm_kwargs",
+                 '{"widths": [32, 64, 128, 256, 256], "double": true}', "--batch_size", "256", "--num_workers", "6",
+                 "--precision", "16-mixed"],
     },
     "resnet50_512": {
         "image": ["--timm_model_name", "resnet50", "--input_size", "512", "--aug_mode", "1", "--batch_size", "32",
                   "--num_workers", "8", "--precision", "16-mixed"],
     },
 }  # fmt: skip
-CROP_SIZE = 64
+CROP_SIZES = {"makerun": 64, "full": 128}  # crop side of each preset's cell stage (scripts/full_scale.env)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,9 +131,9 @@ class StepTimer(pl.Callback):
         return sum(self.sizes[warmup + 1 :]) / (self.ends[-1] - self.ends[warmup])
 
 
-def make_benchmark(root: Path, data_dir: Path | None, num_train: int, size: int) -> Path:
+def make_benchmark(root: Path, data_dir: Path | None, num_train: int, size: int, crop_size: int = 64) -> Path:
     """A synthetic benchmark (``data_dir`` or a new one under ``root``), stage-2 targets from its truth
-    (``root/segm_labels``) and a 64 px crop store of its truth cells (``root/crops``)."""
+    (``root/segm_labels``) and a crop store of its truth cells (``root/crops``)."""
     if data_dir is None:
         data_dir = root / "data"
         write_dataset(data_dir, num_train, 0, size, seed=0, config=SyntheticConfig())
@@ -150,7 +151,7 @@ def make_benchmark(root: Path, data_dir: Path | None, num_train: int, size: int)
     params = {"cell_dir": str(truth_dir / "cell_masks"), "nuclei_dir": str(truth_dir / "nuclei_masks")}
     crop_args = extract_cell_crops.parse_args(
         ["--data_dir", str(data_dir), "--mask_dir", str(root / "masks"), "--mask_backend", "precomputed",
-         "--mask_params", json.dumps(params), "--crop_dir", str(root / "crops"), "--crop_size", str(CROP_SIZE)]
+         "--mask_params", json.dumps(params), "--crop_dir", str(root / "crops"), "--crop_size", str(crop_size)]
     )  # fmt: skip
     if extract_cell_crops.main(crop_args) != 0:
         raise RuntimeError("cutting the crop store failed")
@@ -281,7 +282,7 @@ def main(args: argparse.Namespace) -> None:
     total = time.perf_counter()
     try:
         start = time.perf_counter()
-        data_dir = make_benchmark(work, args.data_dir, args.num_train, args.image_size)
+        data_dir = make_benchmark(work, args.data_dir, args.num_train, args.image_size, CROP_SIZES.get(args.preset, 64))
         print(f"benchmark data: {data_dir} ({time.perf_counter() - start:.0f} s to build)")
         rows = [measure_stage(args, stage, data_dir, work) for stage in args.stages.split(",")]
     finally:

@@ -61,6 +61,8 @@ CELL_TARGETS=${CELL_TARGETS:-image}    # image | pseudo | mixed (pseudo and mixe
 EPOCHS_CELL=${EPOCHS_CELL:-6}
 LR_CELL=${LR_CELL:-2e-3}
 CELL_BATCH_SIZE=${CELL_BATCH_SIZE:-64}
+CELL_NUM_WORKERS=${CELL_NUM_WORKERS:-0}  # crop loader processes (0 on 2 cores: the crops are cheap to read)
+CELL_PARALLEL=${CELL_PARALLEL:-0}      # 1: crops and cell classifier in the background beside the image chain (GPU)
 # fusion with round 1 (cell_logit): chosen on the validation fold by scripts/tune_fusion.py when truth exists
 CELL_FUSION=${CELL_FUSION:-"{rule: logit_mean, cell_weight: 0.3, negative: dark}"}
 
@@ -89,6 +91,39 @@ if [ "$SYNTHETIC" = 1 ]; then  # a no-op when DATA_DIR already holds this exact 
     --size "$IMAGE_SIZE" --seed "$SEED"
 fi
 
+TRUTH_ARGS=()
+[ -d "$DATA_DIR/truth" ] && TRUTH_ARGS=(--segm_truth_dir "$DATA_DIR/truth")
+CROPS="$OUT_DIR/crops_$CROP_SIZE"
+if [ "$CELL_PARALLEL" = 1 ] && [ "$CELL_TARGETS" != image ]; then
+  echo "CELL_PARALLEL=1 needs CELL_TARGETS=image: $CELL_TARGETS targets come from round 1's pseudo labels" >&2; exit 2
+fi
+cell_stage() {  # crops of every cell, then the cell classifier: needs masks, not the image classifiers
+  if stage crops; then
+    for split in train test; do
+      $PYTHON extract_cell_crops.py --data_dir "$DATA_DIR" --split "$split" --mask_backend "$MASK_BACKEND" \
+        "${MASK_PARAMS_ARGS[@]}" \
+        --mask_dir "$DATA_DIR/masks/${split}_$MASK_BACKEND" --crop_dir "$CROPS" --crop_size "$CROP_SIZE" \
+        --crop_mask "$CROP_MASK" --num_workers "$NUM_WORKERS"
+    done
+    finish crops
+  fi
+  if stage cell_train; then
+    PSEUDO_ARGS=()
+    [ "$CELL_TARGETS" != image ] && PSEUDO_ARGS=(--pseudo_csv "$OUT_DIR/segm/pseudo_label.csv")
+    $PYTHON run_classification.py --data_dir "$DATA_DIR" --cell_crop_dir "$CROPS" --cell_targets "$CELL_TARGETS" \
+      "${PSEUDO_ARGS[@]}" --timm_model_name "$CELL_TIMM" --timm_kwargs "$CELL_TIMM_KWARGS" \
+      --batch_size "$CELL_BATCH_SIZE" --num_workers "$CELL_NUM_WORKERS" --max_epochs "$EPOCHS_CELL" --optim_name adam --lr "$LR_CELL" \
+      --loss bce --accelerator "$ACCELERATOR" --devices "$DEVICES" --precision "$PRECISION" --seed "$SEED" \
+      --default_root_dir "$OUT_DIR/cell_train" "${TRUTH_ARGS[@]}"
+    finish cell_train
+  fi
+}
+if [ "$CELL" = 1 ] && [ "$CELL_PARALLEL" = 1 ]; then
+  echo "== cell stage in the background: $OUT_DIR/cell_stage.log"
+  cell_stage > "$OUT_DIR/cell_stage.log" 2>&1 &
+  CELL_PID=$!
+fi
+
 if stage round0; then
   train "$OUT_DIR/round0" "$EPOCHS0" "$LR0" --round_nb 0
   finish round0
@@ -115,8 +150,6 @@ if [ "$STAGE2" = 1 ] && stage pseudo_labels; then
   finish pseudo_labels
 fi
 
-TRUTH_ARGS=()
-[ -d "$DATA_DIR/truth" ] && TRUTH_ARGS=(--segm_truth_dir "$DATA_DIR/truth")
 if [ "$STAGE2" = 1 ] && stage segmentation; then
   train "$OUT_DIR/segm_train" "$EPOCHS_SEGM" "$LR_SEGM" --segm_label_dir "$OUT_DIR/segm" \
     --segm_thresh "$SEGM_THRESH" --batch_size "$SEGM_BATCH_SIZE" --crop_size "$SEGM_CROP_SIZE" \
@@ -152,25 +185,10 @@ FINAL=$([ "$STAGE2" = 1 ] && echo ensemble || echo cam_round1)
 TRUTH_MASK_ARGS=(--mask_backend precomputed --mask_dir "$DATA_DIR/masks/test_truth"
   --mask_params "{cell_dir: $DATA_DIR/truth/cell_masks, nuclei_dir: $DATA_DIR/truth/nuclei_masks}")
 if [ "$CELL" = 1 ]; then
-  CROPS="$OUT_DIR/crops_$CROP_SIZE"
-  if stage crops; then
-    for split in train test; do
-      $PYTHON extract_cell_crops.py --data_dir "$DATA_DIR" --split "$split" --mask_backend "$MASK_BACKEND" \
-        "${MASK_PARAMS_ARGS[@]}" \
-        --mask_dir "$DATA_DIR/masks/${split}_$MASK_BACKEND" --crop_dir "$CROPS" --crop_size "$CROP_SIZE" \
-        --crop_mask "$CROP_MASK" --num_workers "$NUM_WORKERS"
-    done
-    finish crops
-  fi
-  if stage cell_train; then
-    PSEUDO_ARGS=()
-    [ "$CELL_TARGETS" != image ] && PSEUDO_ARGS=(--pseudo_csv "$OUT_DIR/segm/pseudo_label.csv")
-    $PYTHON run_classification.py --data_dir "$DATA_DIR" --cell_crop_dir "$CROPS" --cell_targets "$CELL_TARGETS" \
-      "${PSEUDO_ARGS[@]}" --timm_model_name "$CELL_TIMM" --timm_kwargs "$CELL_TIMM_KWARGS" \
-      --batch_size "$CELL_BATCH_SIZE" --num_workers 0 --max_epochs "$EPOCHS_CELL" --optim_name adam --lr "$LR_CELL" \
-      --loss bce --accelerator "$ACCELERATOR" --devices "$DEVICES" --precision "$PRECISION" --seed "$SEED" \
-      --default_root_dir "$OUT_DIR/cell_train" "${TRUTH_ARGS[@]}"
-    finish cell_train
+  if [ "$CELL_PARALLEL" = 1 ]; then
+    wait "$CELL_PID" || { echo "cell stage failed: see $OUT_DIR/cell_stage.log"; exit 1; }
+  else
+    cell_stage
   fi
   CELL_CKPT=$(last_ckpt "$OUT_DIR/cell_train")
   CELL_PATHS="[[both, 1.0, $ROUND1], [cell, 1.0, $CELL_CKPT]]"

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The measurements that need a GPU, in one sitting (README "GPU scale"), from the repository root of a CUDA machine
+# with the packages of requirements.txt:
+#   OUT=outputs/gpu_checks bash scripts/gpu_checks.sh
+# Side by side:
+#   1. the chain of `make run FULL=1 STAGE2=0` (scripts/full_scale.env): the GPU scale with its cell stage;
+#   2. the learned mask backend's U-Net (train_cell_segmenter.py) trained for MASK_MINUTES on the same GPU;
+#   3. when time is left (CHECK_SECONDS), the training-throughput benchmark at the FULL preset.
+# Small results are gathered in $OUT: the logs, the U-Net weights and results.tar.gz (evaluation, submissions,
+# fusion choice, TensorBoard events). Every setting of full_scale.env can be overridden from the environment (a dry
+# run on a CPU: NUM_TRAIN=40 ACCELERATOR=cpu PRECISION=32 ...).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-.venv/bin/python}
+OUT=${OUT:-outputs/gpu_checks}
+DSB_DIR=${DSB_DIR:-../shared/data/dsb2018_stage1_train_fluo}
+MASK_MINUTES=${MASK_MINUTES:-6}
+MASK_SYNTH=${MASK_SYNTH:-/tmp/masks_synth_seed0}
+MASK_WORKERS=${MASK_WORKERS:-4}
+CHECK_SECONDS=${CHECK_SECONDS:-540}     # the whole sitting; each part is cut to what is left of it
+THROUGHPUT=${THROUGHPUT:-1}             # 0: no throughput benchmark
+set -a
+. scripts/full_scale.env
+set +a
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+left() { echo $((CHECK_SECONDS - SECONDS)); }
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+
+(
+  $PYTHON make_synthetic_data.py --out "$MASK_SYNTH" --num_train 120 --num_test 1 --size 512 --seed 0 \
+    --workers "$MASK_WORKERS" &&
+  $PYTHON train_cell_segmenter.py --synthetic_dir "$MASK_SYNTH" --dsb_dir "$DSB_DIR" --steps 1000000 \
+    --max_minutes "$MASK_MINUTES" --batch_size 32 --workers "$MASK_WORKERS" --no_progress \
+    --out "$OUT/cell_segmenter.pt"
+) > "$OUT/masks.log" 2>&1 &
+MASKS=$!
+
+STAGE2=0 PYTHON=$PYTHON timeout "$(left)" bash scripts/run_pipeline.sh 2>&1 | tee "$OUT/pipeline.log"
+echo "chain: exit ${PIPESTATUS[0]} after $SECONDS s"
+wait "$MASKS"
+echo "masks: exit $? after $SECONDS s"
+
+if [ "$THROUGHPUT" = 1 ] && [ "$(left)" -gt 60 ]; then
+  timeout "$(left)" $PYTHON benchmarks/bench_train_throughput.py --preset full --stages image,cell \
+    --json "$OUT/throughput.json" > "$OUT/throughput.log" 2>&1
+  echo "throughput: exit $? after $SECONDS s"
+fi
+
+(cd "$OUT_DIR" 2> /dev/null && tar czf - evaluation.json submissions tune_fusion cell_stage.log \
+  $(find . -path '*lightning_logs/version_*' \( -name 'events.out.*' -o -name hparams.yaml \)) 2> /dev/null) \
+  > "$OUT/results.tar.gz"
+ls -l "$OUT"
