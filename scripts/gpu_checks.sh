@@ -6,8 +6,9 @@
 #   1. the chain of `make run FULL=1 STAGE2=0` (scripts/full_scale.env): the GPU scale with its cell stage;
 #   2. the learned mask backend's U-Net (train_cell_segmenter.py) trained for MASK_MINUTES on the same GPU;
 #   3. when time is left (CHECK_SECONDS), the training-throughput benchmark at the FULL preset.
-# Small results are gathered in $OUT: the logs, the U-Net weights and results.tar.gz (evaluation, submissions,
-# fusion choice, TensorBoard events). Every setting of full_scale.env can be overridden from the environment (a dry
+# Small results are gathered in $OUT: the logs, the U-Net weights, the cell classifier (no optimiser state) and
+# results.tar.gz (evaluation, submissions, fusion choice, TensorBoard events). On the H200 the chain took about
+# 470 s up to the fusion tuning (README "Cell stage at GPU scale"): give it two calls, the second resuming. Every setting of full_scale.env can be overridden from the environment (a dry
 # run on a CPU: NUM_TRAIN=40 ACCELERATOR=cpu PRECISION=32 ...).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,12 @@ if [ "$THROUGHPUT" = 1 ] && [ "$(left)" -gt 60 ]; then
   echo "throughput: exit $? after $SECONDS s"
 fi
 
+# the cell classifier without its optimiser state (a few MB), so its test rows can be re-scored elsewhere
+CELL_CKPT=$(ls -d "$OUT_DIR"/cell_train/lightning_logs/version_* 2> /dev/null | sort -V | tail -n 1)/checkpoints/last.ckpt
+[ -f "$CELL_CKPT" ] && $PYTHON -c "import sys, torch
+ckpt = torch.load(sys.argv[1], map_location='cpu', weights_only=False)
+torch.save({k: v for k, v in ckpt.items() if k not in ('optimizer_states', 'lr_schedulers', 'loops')}, sys.argv[2])" \
+  "$CELL_CKPT" "$OUT/cell_classifier.ckpt"
 (cd "$OUT_DIR" 2> /dev/null && tar czf - evaluation.json submissions tune_fusion cell_stage.log \
   $(find . -path '*lightning_logs/version_*' \( -name 'events.out.*' -o -name hparams.yaml \)) 2> /dev/null) \
   > "$OUT/results.tar.gz"
