@@ -3,6 +3,7 @@
     python benchmarks/bench_cell_masks_quality.py                       # real data only
     python benchmarks/bench_cell_masks_quality.py --synthetic_dir /tmp/synth_cells
     python benchmarks/bench_cell_masks_quality.py --weights other.pt --backends learned
+    python benchmarks/bench_cell_masks_quality.py --backends learned --learned_params "{seed_h: 0}"  # or a YAML file
 
 The learned rows use --weights (default: outputs/cell_segmenter/weights.pt, where
 train_cell_segmenter.py writes); without that file they are skipped with the reason. "learned"
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
@@ -47,6 +49,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hpa_dir", type=Path, default=Path("../shared/data/hpa_kaggle_samples"))
     parser.add_argument("--synthetic_dir", type=Path, default=None, help="output of make_synthetic_data.py (optional)")
     parser.add_argument("--weights", type=Path, default=ROOT / DEFAULT_WEIGHTS, help="learned backend weight file")
+    parser.add_argument(
+        "--learned_params",
+        default="{}",
+        help="LearnedParams overrides: YAML mapping or YAML file (tune_learned_masks.py)",
+    )
     parser.add_argument("--backends", default="classical,learned", help="comma-separated: classical, learned")
     parser.add_argument("--per_image", action="store_true", help="also print the F1 of every DSB2018 image")
     return parser.parse_args()
@@ -112,8 +119,10 @@ def methods(args: argparse.Namespace) -> list[tuple[str, Callable, Callable]]:
         if not args.weights.is_file():
             print(f"| learned | skipped: no weights at {args.weights} (train_cell_segmenter.py) | | | | | |")
         else:
-            learned = LearnedSegmenter(args.weights)
-            mixed = LearnedSegmenter(args.weights, cells="classical")
+            text = args.learned_params
+            overrides = yaml.safe_load(Path(text).read_text() if Path(text).is_file() else text) or {}
+            learned = LearnedSegmenter(args.weights, **overrides)
+            mixed = LearnedSegmenter(args.weights, **{**overrides, "cells": "classical"})
             rows.append(("learned", learned.nuclei, lambda rgby: learned(rgby)[1]))
             rows.append(("learned nuclei + classical cells", None, lambda rgby: mixed(rgby)[1]))
     return rows
