@@ -23,7 +23,7 @@ import torch
 
 from src.cam.classifier_source import CAM_METHODS
 from src.cam.map_source import CheckpointSpec
-from src.cam.sources import load_sources
+from src.cam.sources import join_sources, load_sources
 from src.data.atomic import write_csv_atomic, write_text_atomic
 from src.data.classes import NUM_CLASSES
 from src.data.io import read_rgby
@@ -38,7 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data_dir", required=True, help="Kaggle-layout folder")
     parser.add_argument("--split", default="test", choices=("train", "test"))
     parser.add_argument("--truth_dir", default="", help="per-cell truth (default {data_dir}/truth when it exists)")
-    parser.add_argument("--ckpt", required=True, help="classification (or stage-2 segmentation) checkpoint")
+    parser.add_argument("--ckpt", required=True, help="classification (or, with --prob_ckpt, stage-2 U-Net) checkpoint")
+    parser.add_argument("--prob_ckpt", default="", help="classifier whose image probabilities gate the classes, "
+                        "--ckpt then gives the maps alone (a stage-2 U-Net needs one)")  # fmt: skip
     parser.add_argument("--cam_method", default="multigradcam", choices=CAM_METHODS)
     parser.add_argument("--gradcam_layer", default="", help="Grad-CAM layer(s), comma-separated ('' = default)")
     parser.add_argument("--num_images", type=int, default=0, help="first N images of the split (0 = all)")
@@ -51,9 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    (source,) = load_sources(
-        [CheckpointSpec("both", 1.0, args.ckpt)], torch.device("cpu"), args.cam_method, args.gradcam_layer
-    )
+    specs = [CheckpointSpec("cam", 1.0, args.ckpt), CheckpointSpec("pred", 1.0, args.prob_ckpt)]
+    sources = load_sources(
+        specs if args.prob_ckpt else [CheckpointSpec("both", 1.0, args.ckpt)],
+        torch.device("cpu"), args.cam_method, args.gradcam_layer,
+    )  # fmt: skip
     ids = split_image_ids(args.data_dir, args.split)
     ids = ids[: args.num_images] if args.num_images > 0 else ids
     truth_dir = Path(args.truth_dir or Path(args.data_dir) / "truth")
@@ -64,12 +68,15 @@ def main(args: argparse.Namespace) -> dict:
     for start in range(0, len(ids), args.batch_size):
         batch_ids = ids[start : start + args.batch_size]
         full = [read_rgby(args.data_dir, i, args.split) for i in batch_ids]
-        images = torch.from_numpy(
-            np.stack([cv2.resize(im, (source.input_size,) * 2, interpolation=cv2.INTER_AREA) for im in full])
-        )
-        probs, maps = source.predict(images.permute(0, 3, 1, 2), size, flips=False, scales=[1.0])
+        outputs = []
+        for source in sources:
+            images = torch.from_numpy(
+                np.stack([cv2.resize(im, (source.input_size,) * 2, interpolation=cv2.INTER_AREA) for im in full])
+            )
+            outputs.append((source.spec, *source.predict(images.permute(0, 3, 1, 2), size, flips=False, scales=[1.0])))
+        probs, maps = join_sources(outputs)
         if probs is None:
-            raise ValueError(f"{args.ckpt}: gives no image probabilities to gate the classes")
+            raise ValueError(f"{args.ckpt}: gives no image probabilities to gate the classes (add --prob_ckpt)")
         for n, image_id in enumerate(batch_ids):
             regions, centres = regions_and_centres(
                 maps[n].numpy(), probs[n].numpy(), args.prob_threshold, args.min_area

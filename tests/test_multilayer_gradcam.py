@@ -92,3 +92,17 @@ def test_count_positive_cells_writes_counts_and_metrics(tiny_synthetic, tiny_che
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["images"] == 2 and 0 <= metrics["pixel_iou"] <= 1
     assert (tmp_path / "cell_counts.csv").read_text().startswith("ID,class,count,centres")
+
+
+def test_prob_ckpt_gates_with_one_checkpoint_and_maps_with_the_other(tiny_synthetic, tiny_checkpoint, tmp_path):
+    """Maps from --ckpt and probabilities from --prob_ckpt (a stage-2 U-Net has no probabilities): with the same
+    classifier in both places the counts are those of the single-checkpoint run."""
+    common = ["--data_dir", str(tiny_synthetic), "--ckpt", str(tiny_checkpoint), "--num_images", "2",
+              "--map_size", "32", "--prob_threshold", "0.3", "--cam_method", "cam"]  # fmt: skip
+    run_script("count_positive_cells.py", *common, "--out_dir", str(tmp_path / "one"))
+    run_script(
+        "count_positive_cells.py", *common, "--prob_ckpt", str(tiny_checkpoint), "--out_dir", str(tmp_path / "two")
+    )
+    one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    assert one == two
+    assert (tmp_path / "one" / "cell_counts.csv").read_text() == (tmp_path / "two" / "cell_counts.csv").read_text()
