@@ -22,7 +22,7 @@ def pipeline_run(tmp_path_factory):
         PYTHON=os.environ.get("PYTHON", str(ROOT / ".venv" / "bin" / "python")),
         DATA_DIR=str(root / "data"), OUT_DIR=str(root / "out"), NUM_TRAIN="24", NUM_TEST="6", IMAGE_SIZE="128",
         TIMM="test_resnet", INPUT_SIZE="64", BATCH_SIZE="8", NUM_WORKERS="0", EPOCHS0="1", EPOCHS1="1",
-        EPOCHS_SEGM="1", K_CLUSTER="2", ACCELERATOR="cpu",
+        EPOCHS_SEGM="1", K_CLUSTER="2", ACCELERATOR="cpu", CELL="0",
     )  # fmt: skip
     result = subprocess.run(
         ["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600

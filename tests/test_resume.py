@@ -93,7 +93,7 @@ def test_pipeline_killed_during_a_stage_redoes_only_that_stage(tmp_path):
         os.environ,
         PYTHON=sys.executable, DATA_DIR=str(tmp_path / "data"), OUT_DIR=str(tmp_path / "out"), NUM_TRAIN="24",
         NUM_TEST="6", IMAGE_SIZE="128", TIMM="test_resnet", INPUT_SIZE="64", BATCH_SIZE="8", NUM_WORKERS="0",
-        EPOCHS0="1", EPOCHS1="2", EPOCHS_SEGM="1", K_CLUSTER="2", ACCELERATOR="cpu", STAGE2="0",
+        EPOCHS0="1", EPOCHS1="2", EPOCHS_SEGM="1", K_CLUSTER="2", ACCELERATOR="cpu", STAGE2="0", CELL="0",
     )  # fmt: skip
     process = _start(["bash", "scripts/run_pipeline.sh"], env)
     round1 = tmp_path / "out" / "round1" / "lightning_logs"
