@@ -378,3 +378,14 @@ def test_aug_mode_3_adds_an_elastic_deformation_and_keeps_the_shapes():
     image = np.random.default_rng(0).integers(0, 255, (80, 80, 4), dtype=np.uint8)
     out = transform(image=image, mask=np.zeros((80, 80), dtype=np.uint8))
     assert out["image"].shape == (64, 64, 4) and out["mask"].shape == (64, 64)
+
+
+def test_macro_average_precision_of_soft_targets_counts_those_above_one_half():
+    """The cell classifier validates on soft pseudo labels: they are scored as their 0.5-binarised labels."""
+    probs = np.array([[0.9, 0.2], [0.4, 0.8], [0.6, 0.1], [0.1, 0.7]])
+    soft = np.array([[0.8, 0.3], [0.2, 0.9], [0.55, 0.0], [0.4, 0.49]])
+    hard = (soft > 0.5).astype(float)
+    assert macro_average_precision(probs, soft) == macro_average_precision(probs, hard)
+    # class 0: positives ranked 1st and 2nd -> 1; class 1: the one positive (0.8) ranked 1st -> 1
+    assert macro_average_precision(probs, soft) == pytest.approx(1.0)
+    assert macro_average_precision(probs[::-1].copy(), soft) < 1.0

@@ -32,11 +32,13 @@ HP_METRICS = {"val/mAP": 0.0, "val/F1": 0.0, "val/loss": 0.0}
 
 
 def macro_average_precision(probs: np.ndarray, targets: np.ndarray) -> float:
-    """Mean over classes with at least one positive of sklearn's average precision; (N, C) inputs."""
-    present = targets.sum(axis=0) > 0
+    """Mean over classes with at least one positive of sklearn's average precision; (N, C) inputs. Soft targets
+    (the cell classifier's pseudo labels) count as positive above 0.5, as in :func:`macro_f1`."""
+    positives = targets > 0.5
+    present = positives.any(axis=0)
     if not present.any():
         return float("nan")
-    return float(np.mean([average_precision_score(targets[:, c], probs[:, c]) for c in np.flatnonzero(present)]))
+    return float(np.mean([average_precision_score(positives[:, c], probs[:, c]) for c in np.flatnonzero(present)]))
 
 
 def macro_f1(probs: np.ndarray, targets: np.ndarray, threshold: float = 0.5) -> float:
