@@ -101,25 +101,35 @@ def test_stage2_off_stops_after_stage1(pipeline_run, tmp_path):
     assert (out / "submission.csv").read_bytes() == (out / "submissions" / "cam_round1.csv").read_bytes()
 
 
+def _cell_env(env: dict, out) -> dict:
+    return dict(
+        env, OUT_DIR=str(out), CELL="1", CELL_PARALLEL="1", CROP_SIZE="16", CELL_TIMM_KWARGS='{"widths": [8, 16]}',
+        EPOCHS_CELL="1", CELL_BATCH_SIZE="32",
+    )  # fmt: skip
+
+
+def test_cell_stage_in_the_background_needs_image_targets(pipeline_run, tmp_path):
+    """CELL_PARALLEL=1 with pseudo targets is refused before any work (they come from round 1's pseudo labels)."""
+    _, env, _ = pipeline_run
+    refused = subprocess.run(
+        ["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=dict(_cell_env(env, tmp_path / "out"), CELL_TARGETS="pseudo"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "CELL_PARALLEL=1 needs CELL_TARGETS=image" in refused.stderr
+    assert not (tmp_path / "out" / "cell_train").exists()
+
+
+@pytest.mark.slow  # a second pipeline run with five inferences (about a minute); `make run` runs this path
 def test_cell_stage_in_the_background_adds_its_rows_and_submits_the_fused_one(pipeline_run, tmp_path):
     """CELL=1 with CELL_PARALLEL=1 on a copy of the finished run: crops and the cell classifier run beside the
     (already finished) image chain, the fusion is chosen on the validation fold, and the fused row is submitted."""
     root, env, _ = pipeline_run
     out = tmp_path / "out"
     shutil.copytree(root / "out", out, symlinks=True)
-    cell_env = dict(
-        env, OUT_DIR=str(out), CELL="1", CELL_PARALLEL="1", CROP_SIZE="16", CELL_TIMM_KWARGS='{"widths": [8, 16]}',
-        EPOCHS_CELL="1", CELL_BATCH_SIZE="32",
-    )  # fmt: skip
-    refused = subprocess.run(
-        ["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=dict(cell_env, CELL_TARGETS="pseudo"),
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert refused.returncode == 2 and "CELL_PARALLEL=1 needs CELL_TARGETS=image" in refused.stderr
-    assert not (out / "cell_train").exists()
     result = subprocess.run(
-        ["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=cell_env, capture_output=True, text=True, timeout=600
-    )
+        ["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=_cell_env(env, out), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "== cell stage in the background" in result.stdout and "== round0: done earlier" in result.stdout
     assert "== cell_train: finished" in (out / "cell_stage.log").read_text()
