@@ -23,7 +23,7 @@ import torch
 
 from src.cam.classifier_source import CAM_METHODS
 from src.cam.map_source import CheckpointSpec
-from src.cam.sources import join_sources, load_sources
+from src.cam.sources import load_sources, predict_joined
 from src.data.atomic import write_csv_atomic, write_text_atomic
 from src.data.classes import NUM_CLASSES
 from src.data.io import read_rgby
@@ -68,13 +68,13 @@ def main(args: argparse.Namespace) -> dict:
     for start in range(0, len(ids), args.batch_size):
         batch_ids = ids[start : start + args.batch_size]
         full = [read_rgby(args.data_dir, i, args.split) for i in batch_ids]
-        outputs = []
-        for source in sources:
-            images = torch.from_numpy(
-                np.stack([cv2.resize(im, (source.input_size,) * 2, interpolation=cv2.INTER_AREA) for im in full])
-            )
-            outputs.append((source.spec, *source.predict(images.permute(0, 3, 1, 2), size, flips=False, scales=[1.0])))
-        probs, maps = join_sources(outputs)
+        inputs = {  # one resize per input size the sources need
+            side: torch.from_numpy(
+                np.stack([cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA) for im in full])
+            ).permute(0, 3, 1, 2)
+            for side in {source.input_size for source in sources}
+        }
+        probs, maps = predict_joined(sources, inputs.__getitem__, size, flips=False, scales=[1.0])
         if probs is None:
             raise ValueError(f"{args.ckpt}: gives no image probabilities to gate the classes (add --prob_ckpt)")
         for n, image_id in enumerate(batch_ids):

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from src.cell_masks.learned_data import Augmentation, load_nuclei_folder, load_synthetic
 from src.cell_masks.learned_net import DEFAULT_WEIGHTS, NetworkConfig, WorkingScale, build_network, save_weights
-from src.cell_masks.learned_train import TrainSettings, resolve_device, train_network
+from src.cell_masks.learned_train import TrainSettings, train_network
+from src.config.device import resolve_device
 
 HELD_OUT = "dsb2018_nuclei"  # the 18 stage-1 test images: the benchmark's held-out check, never training data
 

@@ -25,10 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.cam.infer_config import InferConfig  # noqa: E402
 from src.cam.map_source import CheckpointSpec  # noqa: E402
-from src.cam.pipeline import resolve_device, run_inference  # noqa: E402
+from src.cam.pipeline import run_inference  # noqa: E402
 from src.cam.sources import load_sources  # noqa: E402
 from src.cell_masks.cache import fill_mask_cache  # noqa: E402
 from src.config import CONFIG_DIR, load_yaml  # noqa: E402
+from src.config.device import resolve_device  # noqa: E402
 from src.data.io import read_rgby, resize_image  # noqa: E402
 from src.data.splits import split_image_ids  # noqa: E402
 from src.synthetic import SyntheticConfig, write_dataset  # noqa: E402

@@ -15,8 +15,9 @@ from src.cell_masks.cache import MaskCache, MaskCacheMismatchError
 from src.cell_masks.learned import LearnedParams, LearnedSegmenter, network_input, nuclei_from_maps, predict_maps
 from src.cell_masks.learned_data import Augmentation, instance_targets, load_synthetic, sample_patch
 from src.cell_masks.learned_net import NetworkConfig, WorkingScale, build_network, load_weights, save_weights
-from src.cell_masks.learned_train import PatchStream, TrainSettings, resolve_device, train_network
+from src.cell_masks.learned_train import PatchStream, TrainSettings, train_network
 from src.cell_masks.segment import get_segmenter
+from src.config.device import resolve_device
 from src.data.io import read_rgby
 from tests.conftest import run_script
 
@@ -89,6 +90,10 @@ def test_cuda_without_cuda_is_refused() -> None:
     assert resolve_device("auto").type == "cpu"
     with pytest.raises(ValueError, match="--device cuda"):
         resolve_device("cuda")
+    with pytest.raises(ValueError, match="--device cuda:1"):
+        resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="expected auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu")
 
 
 def test_tiny_training_beats_chance_on_held_out_synthetic_images(tiny_synthetic: Path, tmp_path: Path) -> None:

@@ -27,8 +27,9 @@ from src.cam.cell_source import CellSource, load_cell_sources, predict_cells
 from src.cam.infer_config import InferConfig
 from src.cam.infer_images import InferImages, collate_items
 from src.cam.map_source import CheckpointSpec, MapSource
-from src.cam.sources import join_sources, load_sources
+from src.cam.sources import load_sources, predict_joined
 from src.cell_masks.cache import MaskCache, shard_ids
+from src.config.device import resolve_device
 from src.data.atomic import write_text_atomic
 from src.data.folds import N_FOLDS
 from src.data.io import labels_to_multihot, read_labels
@@ -40,12 +41,6 @@ from src.submission.shards import PartialRows, output_path
 from src.training.checkpoints import read_checkpoint_hparams
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def fold_count(specs: Sequence[CheckpointSpec]) -> int:
@@ -102,13 +97,10 @@ def predict_batch(
     sources: Sequence[MapSource], items: list[dict[str, Any]], settings: InferConfig
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Joined image probabilities (N, 19) or None, and maps (N, 19, cam_size, cam_size) of a batch of items."""
-    cam_size = (settings.cam_size, settings.cam_size)
-    outputs = []
-    for source in sources:
-        images = torch.stack([item["inputs"][source.input_size] for item in items])
-        probs, cams = source.predict(images, cam_size, settings.tta_flips, settings.tta_scales, settings.map_kind)
-        outputs.append((source.spec, probs, cams))
-    return join_sources(outputs)
+    return predict_joined(
+        sources, lambda size: torch.stack([item["inputs"][size] for item in items]),
+        (settings.cam_size, settings.cam_size), settings.tta_flips, settings.tta_scales, settings.map_kind,
+    )  # fmt: skip
 
 
 def scoring_jobs(

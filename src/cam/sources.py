@@ -6,7 +6,7 @@ only), any other a :class:`src.cam.classifier_source.ClassifierSource`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -48,3 +48,17 @@ def join_sources(
     cams = sum(w * c for w, c in cam_parts) / sum(w for w, _ in cam_parts)
     probs = sum(w * p for w, p in prob_parts) / sum(w for w, _ in prob_parts) if prob_parts else None
     return probs, cams
+
+
+def predict_joined(
+    sources: Sequence[MapSource],
+    inputs: Callable[[int], torch.Tensor],
+    cam_size: tuple[int, int],
+    flips: bool,
+    scales: Sequence[float],
+    map_kind: str = "cam",
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Every source's prediction on ``inputs(source.input_size)`` (N, 4, S, S), joined by :func:`join_sources`."""
+    return join_sources(
+        [(s.spec, *s.predict(inputs(s.input_size), cam_size, flips, scales, map_kind)) for s in sources]
+    )

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from src.cell_masks.learned_data import IGNORE, Augmentation, TrainImage, sample_patch
 from src.cell_masks.learned_net import NUM_CLASSES, NetworkConfig, build_network
+from src.config.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -102,17 +103,6 @@ class PatchStream(IterableDataset):
         rng = np.random.default_rng(stream)
         while True:
             yield draw_batch(self.real, self.synthetic, self.settings, self.aug, rng)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else the CPU; 'cuda' without CUDA is an error, not a silent CPU run."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name!r}: expected auto, cpu or cuda")
-    return torch.device(name)
 
 
 def segmentation_loss(logits: torch.Tensor, nuclei: torch.Tensor, cells: torch.Tensor, weight: torch.Tensor):
