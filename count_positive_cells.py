@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "--ckpt then gives the maps alone (a stage-2 U-Net needs one)")  # fmt: skip
     parser.add_argument("--cam_method", default="multigradcam", choices=CAM_METHODS)
     parser.add_argument("--gradcam_layer", default="", help="Grad-CAM layer(s), comma-separated ('' = default)")
+    parser.add_argument("--gradcam_min_prob", type=float, default=-1.0,
+                        help="Grad-CAM only for classes at or above this probability in an image of the batch "
+                        "(-1: half of --prob_threshold; 0: every class)")  # fmt: skip
     parser.add_argument("--num_images", type=int, default=0, help="first N images of the split (0 = all)")
     parser.add_argument("--map_size", type=int, default=128, help="side of the maps and of the scored masks")
     parser.add_argument("--prob_threshold", type=float, default=0.5, help="image-level gate of a class")
@@ -57,6 +60,7 @@ def main(args: argparse.Namespace) -> dict:
     sources = load_sources(
         specs if args.prob_ckpt else [CheckpointSpec("both", 1.0, args.ckpt)],
         torch.device("cpu"), args.cam_method, args.gradcam_layer,
+        args.prob_threshold / 2 if args.gradcam_min_prob < 0 else args.gradcam_min_prob,
     )  # fmt: skip
     ids = split_image_ids(args.data_dir, args.split)
     ids = ids[: args.num_images] if args.num_images > 0 else ids

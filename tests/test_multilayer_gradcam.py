@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from src.cam.map_source import CheckpointSpec
-from src.cam.multilayer_gradcam import multilayer_gradcam
+from src.cam.multilayer_gradcam import active_classes, multilayer_gradcam
 from src.cam.sources import load_sources
 from src.metrics.map_counting import CountingScores
 from src.scoring.map_regions import detect_components, regions_and_centres
@@ -46,6 +46,36 @@ def test_multilayer_gradcam_matches_the_hand_computed_maps():
     assert torch.allclose(probs, torch.sigmoid(2.0 * (a**2).mean()).view(1, 1))
     _, product = multilayer_gradcam(net, a, [net.first, net.second], "product")
     assert torch.allclose(product, torch.sqrt((a / 4) * (a**2 / 16)), atol=1e-4)
+
+
+class TwoClassNet(nn.Module):
+    """Both logits grow with mean(x^2), so both have the same non-zero maps; class 1's is shifted by -20
+    (probability < 0.01 on the test input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Identity()
+        self.second = Square()
+
+    def forward_features(self, images):
+        return self.second(self.first(images))
+
+    def head(self, features):
+        pooled = features.mean(dim=(2, 3))
+        return {"logits": torch.cat([pooled, pooled - 20.0], dim=1)}
+
+
+def test_gradcam_min_prob_skips_only_the_classes_under_it():
+    a = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    net = TwoClassNet()
+    modules = [net.first, net.second]
+    _, every = multilayer_gradcam(net, a, modules, "sum")
+    _, gated = multilayer_gradcam(net, a, modules, "sum", min_prob=0.01)
+    assert torch.allclose(gated[:, 0], every[:, 0])  # the likely class is computed as before
+    assert torch.count_nonzero(every[:, 1]) > 0  # without the gate the unlikely class has a map
+    assert torch.count_nonzero(gated[:, 1]) == 0  # with it, its backward pass is skipped: an all-zero map
+    assert active_classes(torch.tensor([[0.0, -9.0], [-9.0, -9.0]]), 0.01) == [0]
+    assert active_classes(torch.tensor([[0.0, -9.0]]), 0.0) == [0, 1]
 
 
 def test_unknown_gradcam_layer_lists_the_backbone_stages(tiny_checkpoint):

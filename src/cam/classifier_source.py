@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.cam.map_source import CheckpointSpec, MapSource, check_map_kind
-from src.cam.multilayer_gradcam import default_gradcam_layers, multilayer_gradcam
+from src.cam.multilayer_gradcam import active_classes, default_gradcam_layers, multilayer_gradcam
 from src.data.classes import NUM_CLASSES
 from src.models.factory import is_segmentation_run
 
@@ -33,13 +33,24 @@ class ClassifierSource(MapSource):
         cam_method: one of :data:`CAM_METHODS`.
         gradcam_layer: dotted module name inside the network for Grad-CAM ('' = the backbone's output); for the
             multi-layer methods comma-separated names ('' = one per backbone stage).
+        gradcam_min_prob: Grad-CAM methods only: classes under this probability in every image of a batch get
+            all-zero maps without their backward pass (0: every class).
     """
 
-    def __init__(self, spec: CheckpointSpec, device: torch.device, cam_method: str = "cam", gradcam_layer: str = ""):
+    def __init__(
+        self,
+        spec: CheckpointSpec,
+        device: torch.device,
+        cam_method: str = "cam",
+        gradcam_layer: str = "",
+        gradcam_min_prob: float = 0.0,
+    ):
         if cam_method not in CAM_METHODS:
             raise ValueError(f"cam_method must be one of {CAM_METHODS}, got {cam_method!r}")
+        if not 0.0 <= gradcam_min_prob < 1.0:
+            raise ValueError(f"gradcam_min_prob must lie in [0, 1), got {gradcam_min_prob}")
         super().__init__(spec, device)
-        self.cam_method = cam_method
+        self.cam_method, self.gradcam_min_prob = cam_method, gradcam_min_prob
         self.gradcam_module = self._find_layer(gradcam_layer) if cam_method == "gradcam" else None
         self.gradcam_modules: list[nn.Module] = []
         if cam_method in MULTI_LAYER_COMBINE:
@@ -88,7 +99,8 @@ class ClassifierSource(MapSource):
                 maps = self.network.logit_map(features)
             return torch.sigmoid(logits.float()), maps.float()
         if self.cam_method in MULTI_LAYER_COMBINE:
-            return multilayer_gradcam(self.network, images, self.gradcam_modules, MULTI_LAYER_COMBINE[self.cam_method])
+            combine = MULTI_LAYER_COMBINE[self.cam_method]
+            return multilayer_gradcam(self.network, images, self.gradcam_modules, combine, self.gradcam_min_prob)
         return self._gradcam(images)
 
     def _gradcam(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,11 +113,10 @@ class ClassifierSource(MapSource):
                 features = self.network.forward_features(images)
                 activations = captured[-1] if captured else features
                 logits = self.network.head(features)["logits"]
-                grads = [
-                    torch.autograd.grad(logits[:, c].sum(), activations, retain_graph=True)[0]
-                    for c in range(logits.shape[1])
-                ]
-                weights = torch.stack([g.mean(dim=(2, 3)) for g in grads], dim=1)  # (N, 19, C)
+                weights = activations.new_zeros((logits.shape[0], logits.shape[1], activations.shape[1]))  # (N, 19, C)
+                for c in active_classes(logits, self.gradcam_min_prob):
+                    grad = torch.autograd.grad(logits[:, c].sum(), activations, retain_graph=True)[0]
+                    weights[:, c] = grad.mean(dim=(2, 3))
                 cams = F.relu(torch.einsum("nkc,nchw->nkhw", weights, activations.detach()))
         finally:
             if handle is not None:

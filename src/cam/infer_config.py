@@ -45,6 +45,11 @@ class InferConfig:
     gradcam_layer: str = _option(
         "", "module name inside the network ('' = backbone output); multigradcam: comma-separated ('' = each stage)"
     )
+    gradcam_min_prob: float = _option(
+        0.0,
+        "Grad-CAM methods: classes under this probability in every image of a batch get zero maps and no backward "
+        "pass (the whole cost of Grad-CAM); half of scoring.min_image_prob skips what scoring never reads",
+    )
     mask_backend: str = _option("classical", "classical | learned | hpacellseg | precomputed (see make_cell_masks.py)")
     mask_dir: str = _option("", "folder of the mask cache ({mask_dir}/{ID}.npz, computed when missing)")
     mask_params: dict = _option(
@@ -97,6 +102,8 @@ class InferConfig:
             raise ValueError(f"{source}: stage must be one of {STAGES}, got {self.stage!r}")
         if self.cam_method not in CAM_METHODS:
             raise ValueError(f"{source}: cam_method must be one of {CAM_METHODS}, got {self.cam_method!r}")
+        if not 0.0 <= self.gradcam_min_prob < 1.0:
+            raise ValueError(f"{source}: gradcam_min_prob must lie in [0, 1), got {self.gradcam_min_prob}")
         if self.scoring.conf_how == CELL_LOGIT and self.cam_method != "cam":
             raise ValueError(
                 f"{source}: conf_how cell_logit reads the signed logit maps of cam_method 'cam', not gradcam"

@@ -27,8 +27,20 @@ def default_gradcam_layers(network: nn.Module) -> list[str]:
     return names[1:] if len(names) > 1 else names
 
 
+def active_classes(logits: torch.Tensor, min_prob: float) -> list[int]:
+    """Classes whose probability reaches ``min_prob`` in at least one image of the batch (all with 0): the only
+    ones worth a backward pass when classes under it are never read (counting, ``min_image_prob``)."""
+    if min_prob <= 0.0:
+        return list(range(logits.shape[1]))
+    return torch.nonzero((torch.sigmoid(logits.detach().float()) >= min_prob).any(dim=0)).flatten().tolist()
+
+
 def multilayer_gradcam(
-    network: nn.Module, images: torch.Tensor, modules: Sequence[nn.Module], combine: str = "sum"
+    network: nn.Module,
+    images: torch.Tensor,
+    modules: Sequence[nn.Module],
+    combine: str = "sum",
+    min_prob: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image probabilities and combined multi-layer Grad-CAMs.
 
@@ -40,6 +52,8 @@ def multilayer_gradcam(
         images: normalised (N, C, H, W).
         modules: the layers, each giving an (N, C_l, h_l, w_l) tensor in the forward pass.
         combine: 'sum' (mean of the normalised maps) or 'product' (their geometric mean).
+        min_prob: classes under this probability in every image of the batch get all-zero maps without a backward
+            pass (one pass per class is the whole cost of Grad-CAM); 0 computes every class.
 
     Returns:
         (probabilities (N, K), maps (N, K, H, W) in 0..1).
@@ -58,19 +72,22 @@ def multilayer_gradcam(
             images = images.detach().requires_grad_(True)  # a layer before any parameter still gets a gradient
             logits = network.head(network.forward_features(images))["logits"]
             activations = [captured[index] for index in range(len(modules))]
-            layer_maps: list[list[torch.Tensor]] = [[] for _ in activations]
-            for k in range(logits.shape[1]):
+            layer_maps = [
+                activation.new_zeros((logits.shape[0], logits.shape[1], *activation.shape[2:]))
+                for activation in activations
+            ]
+            for k in active_classes(logits, min_prob):
                 grads = torch.autograd.grad(logits[:, k].sum(), activations, retain_graph=True)
                 for maps, grad, activation in zip(layer_maps, grads, activations):
                     weights = grad.mean(dim=(2, 3), keepdim=True)  # (N, C_l, 1, 1)
-                    maps.append(F.relu((weights * activation.detach()).sum(dim=1)))  # (N, h_l, w_l)
+                    maps[:, k] = F.relu((weights * activation.detach()).sum(dim=1))  # (N, h_l, w_l)
     finally:
         for handle in handles:
             handle.remove()
     size = images.shape[-2:]
     normalised = []
     for maps in layer_maps:
-        stacked = F.interpolate(torch.stack(maps, dim=1).float(), size=size, mode="bilinear", align_corners=False)
+        stacked = F.interpolate(maps.detach().float(), size=size, mode="bilinear", align_corners=False)
         normalised.append(stacked / (stacked.amax(dim=(2, 3), keepdim=True) + 1e-5))
     layers = torch.stack(normalised)  # (L, N, K, H, W)
     combined = layers.mean(dim=0) if combine == "sum" else layers.clamp_min(0).prod(dim=0) ** (1.0 / len(layers))

@@ -147,7 +147,9 @@ def run_inference(settings: InferConfig, sub_path: str | os.PathLike) -> InferRe
     rows stay in ``{out}.partial.jsonl`` for the next run.
     """
     plan = plan_inference(settings, sub_path)
-    sources = load_sources(plan.specs, plan.device, settings.cam_method, settings.gradcam_layer)
+    sources = load_sources(
+        plan.specs, plan.device, settings.cam_method, settings.gradcam_layer, settings.gradcam_min_prob
+    )
     cell_sources = load_cell_sources(plan.specs, plan.device)
     # the resolved settings beside the output, so any submission can be reproduced
     out_path = plan.out_path

@@ -18,13 +18,17 @@ from src.training.checkpoints import read_checkpoint_hparams
 
 
 def load_sources(
-    specs: Sequence[CheckpointSpec], device: torch.device, cam_method: str = "cam", gradcam_layer: str = ""
+    specs: Sequence[CheckpointSpec],
+    device: torch.device,
+    cam_method: str = "cam",
+    gradcam_layer: str = "",
+    gradcam_min_prob: float = 0.0,
 ) -> list[MapSource]:
-    """Load every checkpoint; each error names the file."""
+    """Load every checkpoint; each error names the file (the Grad-CAM settings: :class:`ClassifierSource`)."""
     return [
         SegmentationSource(spec, device)
         if is_segmentation_run(read_checkpoint_hparams(spec.path))
-        else ClassifierSource(spec, device, cam_method, gradcam_layer)
+        else ClassifierSource(spec, device, cam_method, gradcam_layer, gradcam_min_prob)
         for spec in specs
         if spec.how_join != "cell"  # cell classifiers: src/cam/cell_source.py
     ]
