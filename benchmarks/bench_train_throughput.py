@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +37,8 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import extract_cell_crops  # noqa: E402
 import run_classification  # noqa: E402
@@ -47,41 +49,66 @@ from src.segm_labels.targets import CellPseudoLabels, target_path, write_pseudo_
 from src.synthetic import SyntheticConfig, write_dataset  # noqa: E402
 from src.training.run import build_run  # noqa: E402
 
-HALF_RESNET18 = [
-    "--timm_model_name",
-    "resnet18",
-    "--timm_kwargs",
-    '{"channels": [32, 64, 128, 256], "output_stride": 16}',
-]
-# The settings of scripts/run_pipeline.sh: `make run` (CPU scale), `make run FULL=1`, and a resnet50 at 512 px.
-PRESETS = {
-    "makerun": {
-        "image": [*HALF_RESNET18, "--input_size", "256", "--aug_mode", "2", "--batch_size", "16", "--num_workers", "2"],
-        "segm": [*HALF_RESNET18, "--input_size", "256", "--aug_mode", "2", "--batch_size", "16", "--num_workers", "2",
-                 "--crop_size", "128", "--decoder_channels", "64,32,16,16,16"],
-        "cell": ["--timm_model_name", "cell_cnn", "--timm_kwargs", '{"widths": [16, 32, 64, 128]}',
-                 "--batch_size", "64", "--num_workers", "0"],
-    },
-    "full": {
-        "image": ["--timm_model_name", "resnet18", "--timm_kwargs", '{"output_stride": 16}', "--input_size", "512",
-                  "--aug_mode", "2", "--batch_size", "32", "--num_workers", "8", "--precision", "16-mixed"],
-        "segm": ["--timm_model_name", "resnet18", "--timm_kwargs", '{"output_stride": 16}', "--input_size", "512",
-                 "--aug_mode", "2", "--batch_size", "32", "--num_workers", "8", "--precision", "16-mixed"],
-        "cell": ["--timm_model_name", "cell_cnn", "--timm_kwargs",
-                 '{"widths": [32, 64, 128, 256, 256], "double": true}', "--batch_size", "256", "--num_workers", "6",
-                 "--precision", "16-mixed"],
-    },
-    "resnet50_512": {
-        "image": ["--timm_model_name", "resnet50", "--input_size", "512", "--aug_mode", "1", "--batch_size", "32",
-                  "--num_workers", "8", "--precision", "16-mixed"],
-    },
+PRESETS = ("makerun", "full", "resnet50_512")
+RESNET50_512 = {
+    "image": ["--timm_model_name", "resnet50", "--input_size", "512", "--aug_mode", "1", "--batch_size", "32",
+              "--num_workers", "8", "--precision", "16-mixed"],
 }  # fmt: skip
-CROP_SIZES = {"makerun": 64, "full": 128}  # crop side of each preset's cell stage (scripts/full_scale.env)
+
+
+def pipeline_settings(full: bool) -> dict[str, str]:
+    """The settings of ``scripts/run_pipeline.sh`` as it would see them: ``scripts/pipeline_defaults.sh``, after
+    ``scripts/full_scale.env`` for the GPU scale (``make run FULL=1``), over the current environment."""
+    files = ["scripts/full_scale.env"] * full + ["scripts/pipeline_defaults.sh"]
+    script = "set -a; " + "".join(f". {name}; " for name in files) + "env -0"
+    out = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+
+
+def preset_args(preset: str) -> tuple[dict[str, list[str]], int]:
+    """run_classification.py arguments of each stage of ``preset`` and its crop side: `make run` (makerun) and
+    `make run FULL=1` (full) read the pipeline's own settings; resnet50_512 is a resnet50 at 512 px."""
+    if preset == "resnet50_512":
+        return RESNET50_512, 64
+    s = pipeline_settings(full=preset == "full")
+    image = [
+        "--timm_model_name",
+        s["TIMM"],
+        "--timm_kwargs",
+        s["TIMM_KWARGS"],
+        "--input_size",
+        s["INPUT_SIZE"],
+        "--aug_mode",
+        s["AUG_MODE"],
+        "--num_workers",
+        s["NUM_WORKERS"],
+        "--precision",
+        s["PRECISION"],
+    ]
+    cell = [
+        "--timm_model_name",
+        s["CELL_TIMM"],
+        "--timm_kwargs",
+        s["CELL_TIMM_KWARGS"],
+        "--batch_size",
+        s["CELL_BATCH_SIZE"],
+        "--num_workers",
+        s["CELL_NUM_WORKERS"],
+        "--precision",
+        s["PRECISION"],
+    ]
+    stages = {
+        "image": [*image, "--batch_size", s["BATCH_SIZE"]],
+        "segm": [*image, "--batch_size", s["SEGM_BATCH_SIZE"], "--crop_size", s["SEGM_CROP_SIZE"],
+                 "--decoder_channels", s["DECODER_CHANNELS"]],
+        "cell": cell,
+    }  # fmt: skip
+    return stages, int(s["CROP_SIZE"])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="makerun")
+    parser.add_argument("--preset", choices=PRESETS, default="makerun")
     parser.add_argument("--stages", default="image,segm,cell", help="comma-separated: image, segm, cell")
     parser.add_argument(
         "--data_dir", type=Path, default=None, help="a make_synthetic_data.py folder (default: a new one)"
@@ -161,7 +188,7 @@ def make_benchmark(root: Path, data_dir: Path | None, num_train: int, size: int,
 def stage_argv(args: argparse.Namespace, stage: str, data_dir: Path, work: Path) -> list[str]:
     """run_classification.py arguments of one stage: the preset, no validation (epochs are set once the data is
     known)."""
-    argv = [*PRESETS[args.preset][stage], "--data_dir", str(data_dir), "--default_root_dir", str(work / stage)]
+    argv = [*preset_args(args.preset)[0][stage], "--data_dir", str(data_dir), "--default_root_dir", str(work / stage)]
     argv += ["--optim_name", "adam", "--lr", "1e-3", "--accelerator", args.accelerator, "--limit_val_batches", "0"]
     if stage == "segm":
         argv += ["--segm_label_dir", str(work / "segm_labels"), "--segm_thresh", "0.5"]
@@ -282,7 +309,7 @@ def main(args: argparse.Namespace) -> None:
     total = time.perf_counter()
     try:
         start = time.perf_counter()
-        data_dir = make_benchmark(work, args.data_dir, args.num_train, args.image_size, CROP_SIZES.get(args.preset, 64))
+        data_dir = make_benchmark(work, args.data_dir, args.num_train, args.image_size, preset_args(args.preset)[1])
         print(f"benchmark data: {data_dir} ({time.perf_counter() - start:.0f} s to build)")
         rows = [measure_stage(args, stage, data_dir, work) for stage in args.stages.split(",")]
     finally:
