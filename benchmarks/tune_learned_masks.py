@@ -3,7 +3,7 @@
     python make_synthetic_data.py --out /tmp/synth_tune --num_train 20 --num_test 1 --size 512 --seed 7
     python benchmarks/tune_learned_masks.py --weights outputs/gpu_checks/cell_segmenter.pt \\
         --dsb_dir ../shared/data/dsb2018_stage1_train_fluo --dsb_limit 80 --synthetic_dir /tmp/synth_tune \\
-        --seed_h 0,0.02,0.05,0.1 --foreground_threshold 0.4,0.5,0.6 --seed_threshold 0.3,0.5,0.7 \\
+        --seed_h 0,0.02,0.05,0.1 --foreground_threshold 0.4,0.5,0.6 --cell_foreground_threshold 0.4,0.5,0.6 \\
         --out outputs/learned_params.yaml
     python benchmarks/bench_cell_masks_quality.py --weights outputs/gpu_checks/cell_segmenter.pt \\
         --learned_params outputs/learned_params.yaml --synthetic_dir /tmp/synth_cells    # held-out check

@@ -12,7 +12,14 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
 from src.cell_masks.cache import MaskCache, MaskCacheMismatchError
-from src.cell_masks.learned import LearnedParams, LearnedSegmenter, network_input, nuclei_from_maps, predict_maps
+from src.cell_masks.learned import (
+    LearnedParams,
+    LearnedSegmenter,
+    cells_from_maps,
+    network_input,
+    nuclei_from_maps,
+    predict_maps,
+)
 from src.cell_masks.learned_data import Augmentation, instance_targets, load_synthetic, sample_patch
 from src.cell_masks.learned_net import NetworkConfig, WorkingScale, build_network, load_weights, save_weights
 from src.cell_masks.learned_train import PatchStream, TrainSettings, train_network
@@ -60,6 +67,25 @@ def test_watershed_splits_two_touching_hand_made_nuclei() -> None:
         owner = int(np.argmax(overlap)) + 1
         iou = ((found == owner) & (labels == k)).sum() / ((found == owner) | (labels == k)).sum()
         assert iou > 0.8
+
+
+def test_cells_follow_their_own_foreground_threshold_not_the_nucleus_one() -> None:
+    nuclei = np.zeros((64, 64), np.int32)
+    nuclei[28:36, 28:36] = 1
+    yy, xx = np.mgrid[:64, :64]
+    radius = np.hypot(yy - 31.5, xx - 31.5)
+    maps = np.zeros((3, 64, 64), np.float32)
+    maps[1] = np.where(radius < 12, 0.9, np.where(radius < 20, 0.45, 0.0))  # a dim outer ring of cytoplasm
+    maps[0] = 1.0 - maps[1]
+    area = {
+        t: int((cells_from_maps(maps, nuclei, LearnedParams(cell_foreground_threshold=t), 8.0) == 1).sum())
+        for t in (0.3, 0.6)
+    }
+    inner, outer = int((radius < 12).sum()), int((radius < 20).sum())
+    assert area[0.6] == inner and area[0.3] == outer  # 0.3 keeps the dim ring, 0.6 cuts it
+    # the nucleus threshold no longer moves the cells
+    high_nuclei = LearnedParams(foreground_threshold=0.95, cell_foreground_threshold=0.3)
+    assert int((cells_from_maps(maps, nuclei, high_nuclei, 8.0) == 1).sum()) == outer
 
 
 def test_patches_hold_input_in_range_and_targets_of_the_right_shape(tiny_synthetic: Path) -> None:

@@ -50,7 +50,10 @@ class LearnedParams:
             seeded by the learned nuclei).
         tile_size: the network runs on tiles of at most this many working pixels a side ...
         tile_overlap: ... overlapping by this many pixels (their probabilities are averaged).
-        foreground_threshold: a pixel is inside an object when P(interior) + P(boundary) is above this.
+        foreground_threshold: a pixel is inside a nucleus when the nucleus maps' P(interior) + P(boundary) is above
+            this ...
+        cell_foreground_threshold: ... and inside a cell when the cell maps' sum is above this (separate: the two
+            kinds of object are tuned apart, and a higher nucleus threshold must not shrink the cells).
         seed_threshold: nucleus seeds lie where P(interior) is above this ...
         seed_h: ... and are the h-maxima of this depth of a landscape adding the distance to the background (in
             nucleus diameters) to P(interior), which parts touching nuclei whose interiors the network joined
@@ -65,6 +68,7 @@ class LearnedParams:
     tile_size: int = 512
     tile_overlap: int = 64
     foreground_threshold: float = 0.5
+    cell_foreground_threshold: float = 0.5
     seed_threshold: float = 0.5
     seed_h: float = 0.05
     min_seed_fraction: float = 0.03
@@ -204,7 +208,7 @@ def cells_from_maps(maps: np.ndarray, nuclei: np.ndarray, params: LearnedParams,
     """
     if not nuclei.any():
         return np.zeros(nuclei.shape, np.int32)
-    foreground = ndi.binary_fill_holes((maps[1] + maps[2] > params.foreground_threshold) | (nuclei > 0))
+    foreground = ndi.binary_fill_holes((maps[1] + maps[2] > params.cell_foreground_threshold) | (nuclei > 0))
     distance = cv2.distanceTransform((nuclei == 0).astype(np.uint8), cv2.DIST_L2, 5)
     landscape = maps[2] - maps[1] + params.distance_weight * distance / diameter
     cells = watershed(landscape, nuclei, mask=foreground)
