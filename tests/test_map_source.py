@@ -114,7 +114,7 @@ def _classifier_source(cam_method: str) -> ClassifierSource:
     with torch.no_grad():  # large maps, so the +1e-5 of the per-class normalisation is negligible for both methods
         source.network.get_classifier().weight.mul_(1000.0)
     source.device, source.in_chans, source.cam_method, source.gradcam_module = torch.device("cpu"), 4, cam_method, None
-    source.spec = CheckpointSpec("both", 1.0, "in-memory")
+    source.spec, source.gradcam_min_prob = CheckpointSpec("both", 1.0, "in-memory"), 0.0
     return source
 
 
@@ -388,6 +388,7 @@ def _square_source(cam_method: str, layer: str = "") -> ClassifierSource:
     source.cam_method, source.spec = cam_method, CheckpointSpec("both", 1.0, "in-memory")
     source.gradcam_module = source.network.first if layer == "first" else None
     source.gradcam_modules = [] if cam_method == "gradcam" else [source.network.first, source.network.second]
+    source.gradcam_min_prob = 0.0
     return source
 
 
