@@ -185,10 +185,10 @@ def make_benchmark(root: Path, data_dir: Path | None, num_train: int, size: int,
     return data_dir
 
 
-def stage_argv(args: argparse.Namespace, stage: str, data_dir: Path, work: Path) -> list[str]:
-    """run_classification.py arguments of one stage: the preset, no validation (epochs are set once the data is
-    known)."""
-    argv = [*preset_args(args.preset)[0][stage], "--data_dir", str(data_dir), "--default_root_dir", str(work / stage)]
+def stage_argv(args: argparse.Namespace, preset: list[str], stage: str, data_dir: Path, work: Path) -> list[str]:
+    """run_classification.py arguments of one stage: its ``preset`` arguments, no validation (epochs are set once
+    the data is known)."""
+    argv = [*preset, "--data_dir", str(data_dir), "--default_root_dir", str(work / stage)]
     argv += ["--optim_name", "adam", "--lr", "1e-3", "--accelerator", args.accelerator, "--limit_val_batches", "0"]
     if stage == "segm":
         argv += ["--segm_label_dir", str(work / "segm_labels"), "--segm_thresh", "0.5"]
@@ -273,9 +273,9 @@ def loader_rates(datamodule: pl.LightningDataModule, args) -> tuple[float, float
     return first, seen / (time.perf_counter() - timed_from), sample, len(loader)
 
 
-def measure_stage(args: argparse.Namespace, stage: str, data_dir: Path, work: Path) -> dict:
+def measure_stage(args: argparse.Namespace, preset: list[str], stage: str, data_dir: Path, work: Path) -> dict:
     timer = StepTimer()
-    run = build_run(run_classification.parse_args(stage_argv(args, stage, data_dir, work)), callbacks=[timer])
+    run = build_run(run_classification.parse_args(stage_argv(args, preset, stage, data_dir, work)), callbacks=[timer])
     start = time.perf_counter()
     run.datamodule.prepare_data()
     prepare = time.perf_counter() - start
@@ -307,11 +307,12 @@ def main(args: argparse.Namespace) -> None:
     warnings.filterwarnings("ignore")
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     total = time.perf_counter()
+    stage_args, crop_size = preset_args(args.preset)  # the pipeline's settings are read once
     try:
         start = time.perf_counter()
-        data_dir = make_benchmark(work, args.data_dir, args.num_train, args.image_size, preset_args(args.preset)[1])
+        data_dir = make_benchmark(work, args.data_dir, args.num_train, args.image_size, crop_size)
         print(f"benchmark data: {data_dir} ({time.perf_counter() - start:.0f} s to build)")
-        rows = [measure_stage(args, stage, data_dir, work) for stage in args.stages.split(",")]
+        rows = [measure_stage(args, stage_args[stage], stage, data_dir, work) for stage in args.stages.split(",")]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\npreset {args.preset}; {args.warmup} warm-up steps left out, {args.steps} timed")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.cam.map_source import CheckpointSpec, MapSource, check_map_kind
-from src.cam.multilayer_gradcam import active_classes, default_gradcam_layers, multilayer_gradcam
+from src.cam.multilayer_gradcam import active_classes, check_min_prob, default_gradcam_layers, multilayer_gradcam
 from src.data.classes import NUM_CLASSES
 from src.models.factory import is_segmentation_run
 
@@ -47,8 +47,7 @@ class ClassifierSource(MapSource):
     ):
         if cam_method not in CAM_METHODS:
             raise ValueError(f"cam_method must be one of {CAM_METHODS}, got {cam_method!r}")
-        if not 0.0 <= gradcam_min_prob < 1.0:
-            raise ValueError(f"gradcam_min_prob must lie in [0, 1), got {gradcam_min_prob}")
+        check_min_prob(gradcam_min_prob)
         super().__init__(spec, device)
         self.cam_method, self.gradcam_min_prob = cam_method, gradcam_min_prob
         self.gradcam_module = self._find_layer(gradcam_layer) if cam_method == "gradcam" else None

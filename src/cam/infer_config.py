@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from src.cam.classifier_source import CAM_METHODS
+from src.cam.multilayer_gradcam import check_min_prob
 from src.config import add_dataclass_options, given_options, load_yaml
 from src.scoring.cell_scores import CELL_LOGIT, CellScoreConfig
 from src.scoring.fusion import FusionConfig
@@ -102,8 +103,10 @@ class InferConfig:
             raise ValueError(f"{source}: stage must be one of {STAGES}, got {self.stage!r}")
         if self.cam_method not in CAM_METHODS:
             raise ValueError(f"{source}: cam_method must be one of {CAM_METHODS}, got {self.cam_method!r}")
-        if not 0.0 <= self.gradcam_min_prob < 1.0:
-            raise ValueError(f"{source}: gradcam_min_prob must lie in [0, 1), got {self.gradcam_min_prob}")
+        try:
+            check_min_prob(self.gradcam_min_prob)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
         if self.scoring.conf_how == CELL_LOGIT and self.cam_method != "cam":
             raise ValueError(
                 f"{source}: conf_how cell_logit reads the signed logit maps of cam_method 'cam', not gradcam"

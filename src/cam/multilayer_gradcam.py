@@ -27,6 +27,12 @@ def default_gradcam_layers(network: nn.Module) -> list[str]:
     return names[1:] if len(names) > 1 else names
 
 
+def check_min_prob(min_prob: float) -> None:
+    """ValueError unless ``min_prob`` (the ``gradcam_min_prob`` setting) lies in [0, 1)."""
+    if not 0.0 <= min_prob < 1.0:
+        raise ValueError(f"gradcam_min_prob must lie in [0, 1), got {min_prob}")
+
+
 def active_classes(logits: torch.Tensor, min_prob: float) -> list[int]:
     """Classes whose probability reaches ``min_prob`` in at least one image of the batch (all with 0): the only
     ones worth a backward pass when classes under it are never read (counting, ``min_image_prob``)."""
@@ -87,7 +93,7 @@ def multilayer_gradcam(
     size = images.shape[-2:]
     normalised = []
     for maps in layer_maps:
-        stacked = F.interpolate(maps.detach().float(), size=size, mode="bilinear", align_corners=False)
+        stacked = F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
         normalised.append(stacked / (stacked.amax(dim=(2, 3), keepdim=True) + 1e-5))
     layers = torch.stack(normalised)  # (L, N, K, H, W)
     combined = layers.mean(dim=0) if combine == "sum" else layers.clamp_min(0).prod(dim=0) ** (1.0 / len(layers))
