@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.data.atomic import write_text_atomic  # noqa: E402
 from src.metrics import load_truth  # noqa: E402
-from src.scoring.fusion import FUSION_RULES, FusionConfig  # noqa: E402
+from src.scoring.fusion import CELL_POOLS, FUSION_RULES, FusionConfig  # noqa: E402
 from src.scoring.fusion_tuning import tune_fusion  # noqa: E402
 from src.submission.codec import read_submission  # noqa: E402
 
@@ -35,6 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rules", default=",".join(FUSION_RULES))
     parser.add_argument("--cell_weights", default="0.2,0.3,0.4,0.5,0.7,1.0")
     parser.add_argument("--negatives", default="dark,mean")
+    parser.add_argument("--cell_pool", default="max", choices=CELL_POOLS, help="image context of each cell's scores")
+    parser.add_argument(
+        "--cell_pool_weights", default="0,0.8,0.9,0.95", help="weights g of the pooled cells (0: each cell alone)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="YAML file of the best fusion block")
     return parser.parse_args(argv)
 
@@ -42,17 +46,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     image_part, cell_part = read_submission(args.image_sub), read_submission(args.cell_sub)
     truth = load_truth(args.truth_dir, image_part["ID"].astype(str).tolist())
-    candidates = [
-        FusionConfig(rule=rule, cell_weight=float(w), negative=negative)
-        for rule, w, negative in itertools.product(
-            args.rules.split(","), args.cell_weights.split(","), args.negatives.split(",")
+    rules = args.rules.split(",")
+    candidates = list(
+        dict.fromkeys(  # with cell_weight 1 the rule does not matter: score that candidate once
+            FusionConfig(
+                rule=rule if float(w) < 1.0 else rules[0],
+                cell_weight=float(w),
+                negative=negative,
+                cell_pool=args.cell_pool if float(g) > 0.0 else "none",
+                cell_pool_weight=float(g),
+            )
+            for rule, w, negative, g in itertools.product(
+                rules, args.cell_weights.split(","), args.negatives.split(","), args.cell_pool_weights.split(",")
+            )
         )
-    ]
+    )
+    print(f"{len(candidates)} candidate fusions on {len(image_part)} validation images", flush=True)
     results = tune_fusion(image_part, cell_part, truth, candidates)
     print(f"| fusion (validation, {len(image_part)} images) | single-cell mAP |\n|---|---|")
     for config, score in results:
-        print(f"| {config.rule}, cell_weight {config.cell_weight}, negative {config.negative} | {score:.3f} |")
-    best = {k: v for k, v in asdict(results[0][0]).items() if k in ("rule", "cell_weight", "negative")}
+        print(
+            f"| {config.rule}, cell_weight {config.cell_weight}, negative {config.negative}, "
+            f"cell_pool {config.cell_pool} {config.cell_pool_weight} | {score:.3f} |"
+        )
+    keys = ("rule", "cell_weight", "negative", "cell_pool", "cell_pool_weight")
+    best = {k: v for k, v in asdict(results[0][0]).items() if k in keys}
     write_text_atomic(args.out, yaml.safe_dump(best, default_flow_style=True))
     print(f"best: {best} -> {args.out}")
 

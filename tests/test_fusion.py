@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from src.data.classes import NEGATIVE, NUM_CLASSES
-from src.scoring.fusion import FusionConfig, fuse_cell_scores, fuse_probs, refine_image_probs
+from src.scoring.fusion import FusionConfig, fuse_cell_scores, fuse_probs, pool_cell_probs, refine_image_probs
 
 
 def cell_probs(value: float = 0.8) -> np.ndarray:
@@ -56,11 +56,29 @@ def test_image_refinement_blends_with_pooled_cells():
     assert refine_image_probs(image, cells[:0], FusionConfig(image_refine="max", image_refine_weight=1.0))[0] == 0.2
 
 
+def test_cell_pool_lifts_each_cell_towards_its_image_strongest_cell():
+    probs = np.full((3, NUM_CLASSES), 0.01)
+    probs[:, 3] = [0.9, 0.1, 0.4]
+    probs[:, NEGATIVE] = [0.2, 0.7, 0.3]
+    pooled = pool_cell_probs(probs, FusionConfig(cell_pool="max", cell_pool_weight=0.5))
+    assert pooled[:, 3] == pytest.approx(np.sqrt(probs[:, 3] * 0.9))
+    assert list(np.argsort(pooled[:, 3])) == list(np.argsort(probs[:, 3]))  # the order within the image is kept
+    assert pooled[:, NEGATIVE] == pytest.approx(probs[:, NEGATIVE])  # Negative stays the cell's own
+    assert pool_cell_probs(probs, FusionConfig(cell_pool="max", cell_pool_weight=0.0)) is probs
+    fused = fuse_cell_scores(
+        {i: {3: 0.0} for i in range(3)}, np.arange(3), probs,
+        FusionConfig(cell_weight=1.0, cell_pool="mean", cell_pool_weight=1.0),
+    )  # fmt: skip
+    assert [fused[i][3] for i in range(3)] == pytest.approx([probs[:, 3].mean()] * 3)
+
+
 def test_bad_fusion_blocks_name_the_key():
     with pytest.raises(ValueError, match="unknown fusion key"):
         FusionConfig.from_dict({"weight": 1.0}, "config.yaml")
     with pytest.raises(ValueError, match="cell_weight"):
         FusionConfig.from_dict({"cell_weight": 2.0}, "config.yaml")
+    with pytest.raises(ValueError, match="cell_pool"):
+        FusionConfig.from_dict({"cell_pool": "sum"}, "config.yaml")
 
 
 def test_fusing_two_submissions_matches_cells_by_mask():
