@@ -11,7 +11,9 @@ import pytest
 import torch
 import yaml
 
-from src.cam.cell_source import CellSource
+from src.cam.cell_source import CellSource, crop_format, crop_specs_to_cut, predict_cells
+from src.cam.infer_config import InferConfig
+from src.cam.infer_images import InferImages
 from src.cam.map_source import CheckpointSpec
 from tests.conftest import ROOT, run_script
 
@@ -32,13 +34,17 @@ def crop_store(tiny_synthetic, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cell_checkpoint(tiny_synthetic, crop_store) -> Path:
     """A test_resnet cell classifier trained one epoch on the crops, validated on the per-cell truth."""
+    return train_cell_classifier(tiny_synthetic, crop_store / "crops", crop_store / "run")
+
+
+def train_cell_classifier(tiny_synthetic: Path, crop_dir: Path, root: Path) -> Path:
     run_script(
-        "run_classification.py", "--data_dir", str(tiny_synthetic), "--cell_crop_dir", str(crop_store / "crops"),
+        "run_classification.py", "--data_dir", str(tiny_synthetic), "--cell_crop_dir", str(crop_dir),
         "--timm_model_name", "test_resnet", "--batch_size", "32", "--num_workers", "0", "--max_epochs", "1",
-        "--accelerator", "cpu", "--optim_name", "adam", "--lr", "1e-3", "--default_root_dir", str(crop_store / "run"),
+        "--accelerator", "cpu", "--optim_name", "adam", "--lr", "1e-3", "--default_root_dir", str(root),
         "--segm_truth_dir", str(tiny_synthetic / "truth"),
     )  # fmt: skip
-    return crop_store / "run" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    return root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
 
 
 def test_cell_classifier_fused_with_cam_is_scored_by_evaluate(
@@ -66,6 +72,39 @@ def test_cell_source_refuses_crops_of_another_format_and_image_classifiers(tiny_
         source.predict(np.zeros((2, 32, 32, 4), np.uint8))
     with pytest.raises(ValueError, match="is not a cell classifier"):
         CellSource(CheckpointSpec("cell", 1.0, str(tiny_checkpoint)), torch.device("cpu"))
+
+
+def test_cell_classifiers_of_two_crop_formats_are_averaged(tiny_synthetic, tiny_checkpoint, crop_store, cell_checkpoint):
+    """A 16 px and a 24 px classifier in one run: each scores crops of its own format, of the same cells."""
+    run_script(
+        "extract_cell_crops.py", "--data_dir", str(tiny_synthetic), "--split", "train",
+        "--mask_dir", str(crop_store / "masks_train"), "--crop_dir", str(crop_store / "crops24"), "--crop_size", "24",
+        "--num_workers", "1",
+    )  # fmt: skip
+    wide = train_cell_classifier(tiny_synthetic, crop_store / "crops24", crop_store / "run24")
+    sources = [CellSource(CheckpointSpec("cell", w, str(c)), torch.device("cpu")) for w, c in
+               ((1.0, cell_checkpoint), (3.0, wide))]  # fmt: skip
+    specs = crop_specs_to_cut(sources + sources[:1])
+    assert [s.crop_size for s in specs] == [16, 24]  # each format cut once
+    settings = InferConfig(
+        data_dir=str(tiny_synthetic), split="train", stage="test", ckpt_paths=[], mask_dir=str(crop_store / "masks_train")
+    )
+    item = InferImages(["synth-train-00000"], settings, [64], specs)[0]
+    assert "error" not in item, item.get("error")
+    crops = item["crops"]
+    assert {k[0]: v.shape[:3] for k, v in crops.items()} == {
+        16: (len(item["cell_ids"]), 16, 16), 24: (len(item["cell_ids"]), 24, 24)
+    }
+    alone = [s.predict(crops[crop_format(s.crop_spec)]) for s in sources]
+    np.testing.assert_allclose(predict_cells(sources, crops), (alone[0] + 3.0 * alone[1]) / 4.0, rtol=1e-5)
+    sub = crop_store / "two_formats.csv"
+    run_script(
+        "run_cam_infer.py", "--sub_path", str(sub), "--data_dir", str(tiny_synthetic),
+        "--mask_dir", str(crop_store / "masks_test"), "--num_workers", "1", "--tta_flips", "false",
+        "--ckpt_paths", f"[[both, 1.0, {tiny_checkpoint}], [cell, 1.0, {cell_checkpoint}], [cell, 1.0, {wide}]]",
+        "--fusion", "{cell_weight: 1.0, cell_pool: max, cell_pool_weight: 0.9}",
+    )  # fmt: skip
+    assert sub.is_file()
 
 
 @pytest.mark.slow

@@ -2,8 +2,8 @@
 
 A cell source gives no maps: it scores the crops of every cell of an image, cut from the image and its masks the
 way its training store cut them (the checkpoint's ``crop_spec``). Several cell sources are averaged by weight;
-they must share one crop format. Their probabilities are fused with the image-level scores by
-:mod:`src.scoring.fusion`.
+they may differ in crop format (say a 64 px and a 128 px classifier): each format is cut once per image. Their
+probabilities are fused with the image-level scores by :mod:`src.scoring.fusion`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,14 @@ from src.training.lit_model import LitModel
 logger = logging.getLogger(__name__)
 
 CELL_JOIN = "cell"
+
+
+CropFormat = tuple[int, str, float, int]  # what decides a crop's pixels: size, masking, padding, channels
+
+
+def crop_format(spec: CropSpec) -> CropFormat:
+    """The key under which inference cuts (and a cell source reads) crops of ``spec``."""
+    return (spec.crop_size, spec.crop_mask, spec.padding, spec.in_chans)
 
 
 def crop_spec_of(hparams: dict, path: str) -> CropSpec:
@@ -78,23 +86,21 @@ class CellSource:
 
 
 def load_cell_sources(specs: Sequence[CheckpointSpec], device: torch.device) -> list[CellSource]:
-    """Every ``cell`` entry of ``ckpt_paths``; ValueError when two of them were trained on other crop formats."""
-    sources = [CellSource(spec, device) for spec in specs if spec.how_join == CELL_JOIN]
-    for source in sources[1:]:
-        first = sources[0]
-        if (source.crop_spec.crop_size, source.crop_spec.crop_mask, source.crop_spec.padding) != (
-            first.crop_spec.crop_size,
-            first.crop_spec.crop_mask,
-            first.crop_spec.padding,
-        ):
-            raise ValueError(
-                f"ckpt_paths: {source.spec.path} and {first.spec.path} were trained on other crop formats "
-                f"({source.crop_spec} vs {first.crop_spec}); give cell classifiers of one crop format"
-            )
-    return sources
+    """Every ``cell`` entry of ``ckpt_paths``."""
+    return [CellSource(spec, device) for spec in specs if spec.how_join == CELL_JOIN]
 
 
-def predict_cells(sources: Sequence[CellSource], crops: np.ndarray, flips: bool = True) -> np.ndarray:
-    """(K, 19) weighted mean of the cell sources' probabilities."""
+def crop_specs_to_cut(sources: Sequence[CellSource]) -> list[CropSpec]:
+    """One crop spec per distinct crop format of ``sources``, in their order."""
+    specs: dict[CropFormat, CropSpec] = {}
+    for source in sources:
+        specs.setdefault(crop_format(source.crop_spec), source.crop_spec)
+    return list(specs.values())
+
+
+def predict_cells(
+    sources: Sequence[CellSource], crops: dict[CropFormat, np.ndarray], flips: bool = True
+) -> np.ndarray:
+    """(K, 19) weighted mean of the cell sources' probabilities, each on the crops of its own format."""
     total = sum(s.spec.weight for s in sources)
-    return sum(s.spec.weight * s.predict(crops, flips) for s in sources) / total
+    return sum(s.spec.weight * s.predict(crops[crop_format(s.crop_spec)], flips) for s in sources) / total

@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from src.cam.infer_config import InferConfig
 from src.cell_masks.cache import MaskCache
+from src.cam.cell_source import crop_format
 from src.crops.store import CropSpec, cut_image
 from src.data.io import longer_side_at_most, read_rgby, resize_image
 
@@ -18,14 +19,15 @@ class InferImages(Dataset):
 
     Each item: ``id``, ``height``, ``width``, ``inputs`` {input_size: uint8 (4, S, S)}, ``green`` (h, w) uint8 at
     score size, ``nuclei_mask`` and ``cell_mask`` (H, W) uint16 at full size; or ``error`` (a message) when the
-    image failed. The masks are decoded here, once per image; the scoring job uses these arrays.
+    image failed. The masks are decoded here, once per image; the scoring job uses these arrays. With
+    ``crop_specs`` (cell sources) also ``crops`` {crop format: (K, S, S, C) uint8} and ``cell_ids`` (K,).
     """
 
     def __init__(
-        self, ids: list[str], settings: InferConfig, input_sizes: list[int], crop_spec: CropSpec | None = None
+        self, ids: list[str], settings: InferConfig, input_sizes: list[int], crop_specs: list[CropSpec] = ()
     ):
         self.ids = ids
-        self.crop_spec = crop_spec  # cell sources: also cut every cell (``crops`` (K, S, S, C), ``cell_ids`` (K,))
+        self.crop_specs = list(crop_specs)
         self.settings = settings
         self.input_sizes = sorted(set(input_sizes))
         self._mask_cache: MaskCache | None = None
@@ -44,9 +46,10 @@ class InferImages(Dataset):
             height, width = rgby.shape[:2]
             h, w = longer_side_at_most(height, width, s.score_size)
             cells = {}
-            if self.crop_spec is not None:
-                cut, _ = cut_image(rgby, cell_mask, self.crop_spec)
-                cells = {"crops": cut.crops, "cell_ids": cut.cell_ids}
+            for spec in self.crop_specs:  # every format cuts the same cells, in the same order
+                cut, _ = cut_image(rgby, cell_mask, spec)
+                cells.setdefault("crops", {})[crop_format(spec)] = cut.crops
+                cells["cell_ids"] = cut.cell_ids
             return {
                 **cells,
                 "id": image_id,

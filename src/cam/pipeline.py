@@ -23,7 +23,7 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from src.cam.cell_source import CellSource, load_cell_sources, predict_cells
+from src.cam.cell_source import CellSource, crop_specs_to_cut, load_cell_sources, predict_cells
 from src.cam.infer_config import InferConfig
 from src.cam.infer_images import InferImages, collate_items
 from src.cam.map_source import CheckpointSpec, MapSource
@@ -182,9 +182,7 @@ def _score_images(
     """Run the images of ``todo`` through the sources and the scoring pool; rows go to ``partial``, errors to
     ``failed``."""
     loader = DataLoader(
-        InferImages(
-            todo, settings, [s.input_size for s in sources], cell_sources[0].crop_spec if cell_sources else None
-        ),
+        InferImages(todo, settings, [s.input_size for s in sources], crop_specs_to_cut(cell_sources)),
         batch_size=settings.batch_size,
         num_workers=settings.num_workers,
         collate_fn=collate_items,
