@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -47,18 +48,26 @@ def train_cell_classifier(tiny_synthetic: Path, crop_dir: Path, root: Path) -> P
     return root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
 
 
+def infer_test_split(data: Path, crop_store: Path, sub: Path, ckpt_paths: str, fusion: str) -> None:
+    run_script(
+        "run_cam_infer.py", "--sub_path", str(sub), "--data_dir", str(data), "--mask_dir", str(crop_store / "masks_test"),
+        "--num_workers", "1", "--tta_flips", "false", "--ckpt_paths", ckpt_paths, "--fusion", fusion,
+    )  # fmt: skip
+
+
 def test_cell_classifier_fused_with_cam_is_scored_by_evaluate(
     tiny_synthetic, tiny_checkpoint, crop_store, cell_checkpoint
 ):
     hparams = yaml.safe_load((cell_checkpoint.parent.parent / "hparams.yaml").read_text())
     assert hparams["crop_spec"]["crop_size"] == 16 and hparams["num_inchannels"] == 4
     sub = crop_store / "fused.csv"
-    run_script(
-        "run_cam_infer.py", "--sub_path", str(sub), "--data_dir", str(tiny_synthetic),
-        "--mask_dir", str(crop_store / "masks_test"), "--num_workers", "1", "--tta_flips", "false",
-        "--ckpt_paths", f"[[both, 1.0, {tiny_checkpoint}], [cell, 1.0, {cell_checkpoint}]]",
-        "--fusion", "{rule: geometric, cell_weight: 0.7, image_refine: max, image_refine_weight: 0.5}",
-    )  # fmt: skip
+    infer_test_split(
+        tiny_synthetic,
+        crop_store,
+        sub,
+        f"[[both, 1.0, {tiny_checkpoint}], [cell, 1.0, {cell_checkpoint}]]",
+        "{rule: geometric, cell_weight: 0.7, image_refine: max, image_refine_weight: 0.5}",
+    )
     report = crop_store / "evaluation.json"
     run_script("evaluate.py", "--truth_dir", str(tiny_synthetic / "truth"), "--submission", f"fused={sub}",
                "--json", str(report))  # fmt: skip
@@ -74,7 +83,9 @@ def test_cell_source_refuses_crops_of_another_format_and_image_classifiers(tiny_
         CellSource(CheckpointSpec("cell", 1.0, str(tiny_checkpoint)), torch.device("cpu"))
 
 
-def test_cell_classifiers_of_two_crop_formats_are_averaged(tiny_synthetic, tiny_checkpoint, crop_store, cell_checkpoint):
+def test_cell_classifiers_of_two_crop_formats_are_averaged(
+    tiny_synthetic, tiny_checkpoint, crop_store, cell_checkpoint
+):
     """A 16 px and a 24 px classifier in one run: each scores crops of its own format, of the same cells."""
     run_script(
         "extract_cell_crops.py", "--data_dir", str(tiny_synthetic), "--split", "train",
@@ -87,24 +98,29 @@ def test_cell_classifiers_of_two_crop_formats_are_averaged(tiny_synthetic, tiny_
     specs = crop_specs_to_cut(sources + sources[:1])
     assert [s.crop_size for s in specs] == [16, 24]  # each format cut once
     settings = InferConfig(
-        data_dir=str(tiny_synthetic), split="train", stage="test", ckpt_paths=[], mask_dir=str(crop_store / "masks_train")
+        data_dir=str(tiny_synthetic),
+        split="train",
+        stage="test",
+        ckpt_paths=[],
+        mask_dir=str(crop_store / "masks_train"),
     )
     item = InferImages(["synth-train-00000"], settings, [64], specs)[0]
     assert "error" not in item, item.get("error")
     crops = item["crops"]
     assert {k[0]: v.shape[:3] for k, v in crops.items()} == {
-        16: (len(item["cell_ids"]), 16, 16), 24: (len(item["cell_ids"]), 24, 24)
+        16: (len(item["cell_ids"]), 16, 16),
+        24: (len(item["cell_ids"]), 24, 24),
     }
     alone = [s.predict(crops[crop_format(s.crop_spec)]) for s in sources]
     np.testing.assert_allclose(predict_cells(sources, crops), (alone[0] + 3.0 * alone[1]) / 4.0, rtol=1e-5)
     sub = crop_store / "two_formats.csv"
-    run_script(
-        "run_cam_infer.py", "--sub_path", str(sub), "--data_dir", str(tiny_synthetic),
-        "--mask_dir", str(crop_store / "masks_test"), "--num_workers", "1", "--tta_flips", "false",
-        "--ckpt_paths", f"[[both, 1.0, {tiny_checkpoint}], [cell, 1.0, {cell_checkpoint}], [cell, 1.0, {wide}]]",
-        "--fusion", "{cell_weight: 1.0, cell_pool: max, cell_pool_weight: 0.9}",
+    infer_test_split(
+        tiny_synthetic, crop_store, sub,
+        f"[[both, 1.0, {tiny_checkpoint}], [cell, 1.0, {cell_checkpoint}], [cell, 1.0, {wide}]]",
+        "{cell_weight: 1.0, cell_pool: max, cell_pool_weight: 0.9}",
     )  # fmt: skip
-    assert sub.is_file()
+    rows = pd.read_csv(sub)
+    assert len(rows) == 6 and rows["PredictionString"].notna().all()  # every test image, every one with cells
 
 
 @pytest.mark.slow

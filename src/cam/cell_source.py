@@ -98,9 +98,7 @@ def crop_specs_to_cut(sources: Sequence[CellSource]) -> list[CropSpec]:
     return list(specs.values())
 
 
-def predict_cells(
-    sources: Sequence[CellSource], crops: dict[CropFormat, np.ndarray], flips: bool = True
-) -> np.ndarray:
+def predict_cells(sources: Sequence[CellSource], crops: dict[CropFormat, np.ndarray], flips: bool = True) -> np.ndarray:
     """(K, 19) weighted mean of the cell sources' probabilities, each on the crops of its own format."""
     total = sum(s.spec.weight for s in sources)
     return sum(s.spec.weight * s.predict(crops[crop_format(s.crop_spec)], flips) for s in sources) / total

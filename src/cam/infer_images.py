@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
+from src.cam.cell_source import crop_format
 from src.cam.infer_config import InferConfig
 from src.cell_masks.cache import MaskCache
-from src.cam.cell_source import crop_format
 from src.crops.store import CropSpec, cut_image
 from src.data.io import longer_side_at_most, read_rgby, resize_image
 
@@ -24,7 +25,7 @@ class InferImages(Dataset):
     """
 
     def __init__(
-        self, ids: list[str], settings: InferConfig, input_sizes: list[int], crop_specs: list[CropSpec] = ()
+        self, ids: list[str], settings: InferConfig, input_sizes: list[int], crop_specs: Sequence[CropSpec] = ()
     ):
         self.ids = ids
         self.crop_specs = list(crop_specs)
