@@ -23,6 +23,7 @@ from src.cell_masks.learned import (
 from src.cell_masks.learned_data import Augmentation, instance_targets, load_synthetic, sample_patch
 from src.cell_masks.learned_net import NetworkConfig, WorkingScale, build_network, load_weights, save_weights
 from src.cell_masks.learned_train import PatchStream, TrainSettings, train_network
+from src.cell_masks.learned_val import HeldOut, held_out_scores, prepare_held_out, split_held_out
 from src.cell_masks.segment import get_segmenter
 from src.config.device import resolve_device
 from src.data.io import read_rgby
@@ -144,6 +145,25 @@ def test_tiny_training_beats_chance_on_held_out_synthetic_images(tiny_synthetic:
     assert nuclei.shape == cells.shape == rgby.shape[:2] and nuclei.dtype == cells.dtype == np.uint16
 
 
+def test_held_out_images_stay_out_and_the_best_weights_come_back(tiny_synthetic: Path) -> None:
+    working = WorkingScale()
+    images = load_synthetic(tiny_synthetic, working, split="train")
+    train, held = split_held_out(images, 0.25, seed=1)
+    assert len(held) == 6 and not {i.name for i in train} & {i.name for i in held}
+    assert [i.name for i in split_held_out(images, 0.25, seed=1)[1]] == [i.name for i in held]  # seeded
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_held_out(images, 1.0, seed=1)
+    held_out = HeldOut(prepare_held_out(held), working.nucleus_diameter_px)
+    settings = TrainSettings(steps=24, batch_size=4, patch=64, lr=5e-3, seed=0, val_every=6)
+    network, summary = train_network([], train, TINY, settings, Augmentation(), progress=False, held_out=held_out)
+    assert [h["step"] for h in summary["held_out"]] == [6, 12, 18, 24]
+    best = max(summary["held_out"], key=lambda h: h["score"])
+    assert (summary["best_step"], summary["best_score"]) == (best["step"], best["score"])
+    again = held_out_scores(network, held_out.images, held_out.diameter)  # the returned weights are the best ones
+    assert again["score"] == pytest.approx(summary["best_score"], abs=1e-4)
+    assert set(again) == {"nuclei_f1", "cells_f1", "score"}
+
+
 def test_all_dark_image_gives_empty_masks(tmp_path: Path) -> None:
     segmenter = LearnedSegmenter(random_weights(tmp_path / "w.pt"))
     nuclei, cells = segmenter(np.zeros((96, 128, 4), np.uint8))
@@ -203,7 +223,9 @@ def test_train_cell_segmenter_cli_smoke(tiny_synthetic: Path, tmp_path: Path) ->
         "--batch_size", "2", "--patch", "64", "--decoder_channels", "16,16,16,8,8", "--no_progress", "--out", str(out),
     )  # fmt: skip
     _, working, payload = load_weights(out)
-    assert payload["train_params"]["steps"] == 2 and payload["train_params"]["synthetic_images"] == 24
+    params = payload["train_params"]
+    assert params["steps"] == 2 and (params["synthetic_images"], params["synthetic_held_out"]) == (22, 2)
+    assert params["best_step"] == 2 and params["held_out"][-1]["step"] == 2  # validated once, at the end
     assert working == WorkingScale()
     masks = tmp_path / "masks"
     run_script(

@@ -146,13 +146,14 @@ def predict_maps(network: torch.nn.Module, image: np.ndarray, tile_size: int = 5
     padded_w = -(-tile_w // OUTPUT_STRIDE) * OUTPUT_STRIDE
     total = np.zeros((2 * NUM_CLASSES, height, width), np.float32)
     counts = np.zeros((height, width), np.float32)
+    device = next(network.parameters()).device  # the CPU at inference; the training device when validating
     for top in _tile_starts(height, tile_h, overlap):
         for left in _tile_starts(width, tile_w, overlap):
             tile = np.zeros((1, image.shape[0], padded_h, padded_w), np.float32)
             tile[0, :, :tile_h, :tile_w] = image[:, top : top + tile_h, left : left + tile_w]
-            logits = network(torch.from_numpy(tile))[0, :, :tile_h, :tile_w]
+            logits = network(torch.from_numpy(tile).to(device))[0, :, :tile_h, :tile_w].float()
             probs = torch.cat([logits[:NUM_CLASSES].softmax(0), logits[NUM_CLASSES:].softmax(0)])
-            total[:, top : top + tile_h, left : left + tile_w] += probs.numpy()
+            total[:, top : top + tile_h, left : left + tile_w] += probs.cpu().numpy()
             counts[top : top + tile_h, left : left + tile_w] += 1.0
     return total / counts
 

@@ -4,7 +4,9 @@ Each batch mixes real nuclei (a ``real_fraction`` of the patches, when real imag
 with synthetic images that have nuclei and cells. The loss is class-weighted cross-entropy on
 the nucleus maps plus the same on the cell maps where there is cell truth. Batches are drawn in the
 main process or, with ``workers``, in loader processes (each with its own random stream), and the
-network runs on the CPU or on CUDA (bf16 autocast, channels_last) when it is there.
+network runs on the CPU or on CUDA (bf16 autocast, channels_last) when it is there. With held-out images
+(:mod:`src.cell_masks.learned_val`) the network is scored on them every ``val_every`` steps and at the end, the
+best weights are the ones returned, and ``patience`` validations without progress stop the run.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm import tqdm
 
 from src.cell_masks.learned_data import IGNORE, Augmentation, TrainImage, sample_patch
 from src.cell_masks.learned_net import NUM_CLASSES, NetworkConfig, build_network
+from src.cell_masks.learned_val import BestWeights, HeldOut
 from src.config.device import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ class TrainSettings:
         seed: seed of patch sampling and initialisation.
         workers: loader processes drawing batches (0: the main process draws them).
         device: 'auto' (CUDA when available), 'cpu' or 'cuda'.
+        val_every: score the held-out images every this many steps (0: only at the end).
+        patience: stop after this many validations without a better score (0: never stop early).
     """
 
     steps: int = 1000
@@ -58,6 +63,8 @@ class TrainSettings:
     seed: int = 0
     workers: int = 0
     device: str = "auto"
+    val_every: int = 0
+    patience: int = 0
 
 
 def training_progress(step: int, seconds: float, settings: TrainSettings) -> float:
@@ -127,6 +134,7 @@ def train_network(
     settings: TrainSettings,
     aug: Augmentation,
     progress: bool = True,
+    held_out: HeldOut | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train the U-Net from scratch.
 
@@ -137,9 +145,11 @@ def train_network(
         settings: optimisation settings.
         aug: augmentation.
         progress: show a progress bar with the running loss.
+        held_out: images never trained on, to keep the best weights by (None: the last weights).
 
     Returns:
-        (network in eval mode, summary {'steps', 'seconds', 'final_loss'}).
+        (network in eval mode, summary {'steps', 'seconds', 'final_loss', 'device'}; with ``held_out`` also
+        'held_out' (scores per validation), 'best_step' and 'best_score').
 
     Raises:
         ValueError: no training images at all.
@@ -156,6 +166,7 @@ def train_network(
     batches = iter(DataLoader(PatchStream(real, synthetic, settings, aug), batch_size=None,
                               num_workers=settings.workers, pin_memory=cuda))  # fmt: skip
     bar = tqdm(total=settings.steps, desc=f"train cell segmenter ({device.type})", unit="step", disable=not progress)
+    best = BestWeights() if held_out is not None and held_out.images else None
     network.train()
     for step in range(1, settings.steps + 1):
         lr = settings.lr * lr_factor(training_progress(step - 1, time.perf_counter() - start, settings))
@@ -171,6 +182,13 @@ def train_network(
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         bar.update()
         bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr:.1e}")
+        if best is not None and settings.val_every and step % settings.val_every == 0:
+            scores = best.validate(network, step, held_out)
+            logger.info("step %d: held-out %s", step, {k: round(v, 3) for k, v in scores.items()})
+            if settings.patience and best.stale >= settings.patience:
+                logger.warning("stopped after %d of %d steps: no better held-out score for %d validations",
+                               step, settings.steps, settings.patience)  # fmt: skip
+                break
         if settings.max_minutes and time.perf_counter() - start > settings.max_minutes * 60:
             logger.warning("stopped after %d of %d steps: --max_minutes %s reached", step, settings.steps,
                            settings.max_minutes)  # fmt: skip
@@ -178,4 +196,9 @@ def train_network(
     bar.close()
     summary = {"steps": step, "seconds": round(time.perf_counter() - start, 1), "final_loss": running,
                "device": device.type}  # fmt: skip
+    if best is not None:
+        if not best.history or best.history[-1]["step"] != step:
+            best.validate(network, step, held_out)
+        network.load_state_dict(best.state)
+        summary.update(best.summary())
     return network.to("cpu", memory_format=torch.contiguous_format).eval(), summary
