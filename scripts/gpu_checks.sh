@@ -33,7 +33,7 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total --
   $PYTHON make_synthetic_data.py --out "$MASK_SYNTH" --num_train 120 --num_test 1 --size 512 --seed 0 \
     --workers "$MASK_WORKERS" &&
   $PYTHON train_cell_segmenter.py --synthetic_dir "$MASK_SYNTH" --dsb_dir "$DSB_DIR" --steps 1000000 \
-    --max_minutes "$MASK_MINUTES" --batch_size 32 --workers "$MASK_WORKERS" --no_progress \
+    --max_minutes "$MASK_MINUTES" --batch_size 32 --workers "$MASK_WORKERS" --val_every 1000 --no_progress \
     --out "$OUT/cell_segmenter.pt"
 ) > "$OUT/masks.log" 2>&1 &
 MASKS=$!
