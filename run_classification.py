@@ -109,6 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--lr", type=float, default=0.1)
     optim.add_argument("--weight_decay", type=float, default=4e-5)
     optim.add_argument(
+        "--backbone_lr_scale", type=float, default=1.0,
+        help="the backbone learns at --lr times this (heads at --lr): below 1 to fine-tune a --backbone_ckpt gently "
+        "on few labels, 0 to keep its weights (a linear probe)",
+    )  # fmt: skip
+    optim.add_argument(
         "--warmup_ratio", type=float, default=0.1, help="share of all steps rising to --lr (warm-up / one-cycle rise)"
     )
     optim.add_argument(

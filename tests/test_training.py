@@ -13,10 +13,11 @@ import yaml
 
 import run_classification
 from src.data.io import read_rgby, resize_image
+from src.models.factory import build_criterion, build_network
 from src.training.checkpoints import load_trained_pl_model
 from src.training.datamodule import HPADataModule, cache_file, read_cached_image
-from src.training.lit_model import LitModel, macro_average_precision, warmup_cosine
-from src.training.trainer import build_trainer, resolve_trainer_args
+from src.training.lit_model import LitModel, macro_average_precision, parameter_groups, warmup_cosine
+from src.training.trainer import build_trainer, check_shared_args, resolve_trainer_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = (0, 2, 7, 14)
@@ -356,6 +357,42 @@ def test_onecycle_schedule_peaks_at_lr_after_the_rise_and_anneals():
     assert lrs[0] < 0.01 and lrs[-1] < 1e-4
     with pytest.raises(ValueError, match="--scheduler must be one of"):
         build_scheduler("step", optimizer, 100)
+
+
+def backbone_and_head_steps(backbone_lr_scale: float) -> tuple[float, float]:
+    """How far one plain SGD step moves the backbone and the head of the same seeded cell classifier."""
+    torch.manual_seed(0)
+    hparams = {"timm_model_name": "cell_cnn", "timm_kwargs": '{"widths": [4, 8]}', "cell_crop_dir": "store"}
+    model = LitModel(build_network(hparams), build_criterion({"loss": "bce"}), **hparams)
+    optimizer = torch.optim.SGD(parameter_groups(model, 0.1, backbone_lr_scale), lr=0.1)
+    before = {name: p.detach().clone() for name, p in model.network.named_parameters()}
+    torch.manual_seed(1)
+    logits = model(torch.randn(6, 4, 32, 32))["logits"]
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.rand(6, 19).round()).backward()
+    optimizer.step()
+    moved = {name: float((p.detach() - before[name]).abs().sum()) for name, p in model.network.named_parameters()}
+    backbone = sum(v for name, v in moved.items() if name.startswith("backbone."))
+    return backbone, sum(moved.values()) - backbone
+
+
+def test_backbone_lr_scale_slows_or_fixes_the_backbone_and_leaves_the_head_at_lr():
+    full_backbone, full_head = backbone_and_head_steps(1.0)
+    slow_backbone, slow_head = backbone_and_head_steps(0.1)
+    fixed_backbone, fixed_head = backbone_and_head_steps(0.0)
+    assert full_backbone > 0 and full_head > 0
+    assert slow_backbone == pytest.approx(0.1 * full_backbone, rel=1e-3)  # plain SGD: the step is lr x gradient
+    assert slow_head == pytest.approx(full_head, rel=1e-5) and fixed_head == pytest.approx(full_head, rel=1e-5)
+    assert fixed_backbone == 0.0
+
+
+def test_backbone_lr_scale_below_zero_is_refused_before_training():
+    with pytest.raises(ValueError, match="backbone_lr_scale"):
+        parameter_groups(torch.nn.Linear(2, 2), 0.1, -0.5)
+    args = run_classification.parse_args(
+        ["--data_dir", "data", "--timm_model_name", "cell_cnn", "--backbone_lr_scale", "-1"]
+    )
+    with pytest.raises(ValueError, match="--backbone_lr_scale must be >= 0"):
+        check_shared_args(args)
 
 
 @pytest.mark.slow

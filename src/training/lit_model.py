@@ -62,6 +62,28 @@ def warmup_cosine(step: int, total_steps: int, warmup_ratio: float = 0.1) -> flo
 SCHEDULERS = ("cosine", "onecycle")  # --scheduler: warm-up + cosine, or the one-cycle policy (Atlas 2018)
 
 
+def parameter_groups(module: nn.Module, lr: float, backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: ``module.network.backbone`` at ``lr * backbone_lr_scale``, the rest
+    (heads, decoders, a trainable loss) at ``lr``.
+
+    A scale below 1 keeps a pre-trained backbone close to its weights while a new head learns (the usual
+    fine-tuning of a self-supervised backbone on few labels); 0 fixes the backbone's weights (a linear probe,
+    though its batch-norm statistics still follow the data). One group when the scale is 1 or there is no backbone.
+    """
+    if backbone_lr_scale < 0:
+        raise ValueError(f"--backbone_lr_scale must be >= 0, got {backbone_lr_scale}")
+    params = [p for p in module.parameters() if p.requires_grad]
+    backbone = getattr(getattr(module, "network", None), "backbone", None)
+    if backbone is None or backbone_lr_scale == 1.0:
+        return [{"params": params, "lr": lr}]
+    in_backbone = {id(p) for p in backbone.parameters()}
+    groups = [
+        {"params": [p for p in params if id(p) in in_backbone], "lr": lr * backbone_lr_scale},
+        {"params": [p for p in params if id(p) not in in_backbone], "lr": lr},
+    ]
+    return [group for group in groups if group["params"]]
+
+
 def build_scheduler(
     name: str, optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.1
 ) -> torch.optim.lr_scheduler.LRScheduler:
@@ -190,10 +212,11 @@ class LitModel(pl.LightningModule):
         name = self.hparams.get("optim_name", "sgd")
         lr = float(self.hparams.get("lr", 0.1))
         weight_decay = float(self.hparams.get("weight_decay", 4e-5))
+        groups = parameter_groups(self, lr, float(self.hparams.get("backbone_lr_scale", 1.0)))
         if name == "sgd":
-            optimizer = torch.optim.SGD(self.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+            optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
         elif name == "adam":
-            optimizer = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
+            optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
         else:
             raise ValueError(f"--optim_name must be one of {OPTIM_NAMES}, got {name!r}")
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))

@@ -46,6 +46,10 @@ def check_shared_args(args: argparse.Namespace) -> None:
     resolve_trainer_args(args)
     check_model_name(args.timm_model_name)
     args.timm_kwargs = json.dumps(parse_timm_kwargs(args.timm_kwargs), sort_keys=True)
+    if getattr(args, "backbone_lr_scale", 1.0) < 0:
+        raise ValueError(
+            f"--backbone_lr_scale must be >= 0 (0 keeps the backbone's weights), got {args.backbone_lr_scale}"
+        )
     if args.segm_truth_dir is not None and not (Path(args.segm_truth_dir) / "cell_labels.csv").is_file():
         raise FileNotFoundError(f"--segm_truth_dir {args.segm_truth_dir} has no cell_labels.csv (a benchmark truth/)")
 
