@@ -62,6 +62,12 @@ def warmup_cosine(step: int, total_steps: int, warmup_ratio: float = 0.1) -> flo
 SCHEDULERS = ("cosine", "onecycle")  # --scheduler: warm-up + cosine, or the one-cycle policy (Atlas 2018)
 
 
+def check_backbone_lr_scale(backbone_lr_scale: float) -> None:
+    """ValueError, naming the flag, for a negative ``--backbone_lr_scale``."""
+    if backbone_lr_scale < 0:
+        raise ValueError(f"--backbone_lr_scale must be >= 0 (0 keeps the backbone's weights), got {backbone_lr_scale}")
+
+
 def parameter_groups(module: nn.Module, lr: float, backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """The optimiser's parameter groups: ``module.network.backbone`` at ``lr * backbone_lr_scale``, the rest
     (heads, decoders, a trainable loss) at ``lr``.
@@ -70,8 +76,7 @@ def parameter_groups(module: nn.Module, lr: float, backbone_lr_scale: float = 1.
     fine-tuning of a self-supervised backbone on few labels); 0 fixes the backbone's weights (a linear probe,
     though its batch-norm statistics still follow the data). One group when the scale is 1 or there is no backbone.
     """
-    if backbone_lr_scale < 0:
-        raise ValueError(f"--backbone_lr_scale must be >= 0, got {backbone_lr_scale}")
+    check_backbone_lr_scale(backbone_lr_scale)
     params = [p for p in module.parameters() if p.requires_grad]
     backbone = getattr(getattr(module, "network", None), "backbone", None)
     if backbone is None or backbone_lr_scale == 1.0:

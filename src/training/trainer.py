@@ -21,6 +21,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from src.models.backbone import check_model_name, parse_timm_kwargs
+from src.training.lit_model import check_backbone_lr_scale
 
 PRECISIONS = {
     "16": "16-mixed",
@@ -46,10 +47,7 @@ def check_shared_args(args: argparse.Namespace) -> None:
     resolve_trainer_args(args)
     check_model_name(args.timm_model_name)
     args.timm_kwargs = json.dumps(parse_timm_kwargs(args.timm_kwargs), sort_keys=True)
-    if getattr(args, "backbone_lr_scale", 1.0) < 0:
-        raise ValueError(
-            f"--backbone_lr_scale must be >= 0 (0 keeps the backbone's weights), got {args.backbone_lr_scale}"
-        )
+    check_backbone_lr_scale(getattr(args, "backbone_lr_scale", 1.0))  # pretrain_cells.py has no such flag
     if args.segm_truth_dir is not None and not (Path(args.segm_truth_dir) / "cell_labels.csv").is_file():
         raise FileNotFoundError(f"--segm_truth_dir {args.segm_truth_dir} has no cell_labels.csv (a benchmark truth/)")
 
