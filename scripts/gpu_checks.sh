@@ -6,10 +6,13 @@
 #   1. the chain of `make run FULL=1 STAGE2=0` (scripts/full_scale.env): the GPU scale with its cell stage;
 #   2. the learned mask backend's U-Net (train_cell_segmenter.py) trained for MASK_MINUTES on the same GPU;
 #   3. when time is left (CHECK_SECONDS), the training-throughput benchmark at the FULL preset.
-# Small results are gathered in $OUT: the logs, the U-Net weights, the cell classifier (no optimiser state) and
-# results.tar.gz (evaluation, submissions, fusion choice, TensorBoard events). On the H200 the chain took about
-# 470 s up to the fusion tuning (README "Cell stage at GPU scale"): give it two calls, the second resuming. Every setting of full_scale.env can be overridden from the environment (a dry
-# run on a CPU: NUM_TRAIN=40 ACCELERATOR=cpu PRECISION=32 ...).
+# The chain writes only the CAM rows of CAM_ROWS (image_prob and cam_round1 here; README has the others) and is cut
+# GATHER_SECONDS before the end of the sitting, so that what it finished is gathered in $OUT in any case: the logs,
+# the U-Net weights, the cell classifier and round 1 without optimiser state (round 1 in float16, split into
+# files under 16 MB: scripts/join_checkpoint.py makes one checkpoint of them again) and results.tar.gz
+# (evaluation, submissions, the fusion search's validation submissions, TensorBoard events). Every setting of
+# full_scale.env can be overridden from the environment (a dry run on a CPU: NUM_TRAIN=40 ACCELERATOR=cpu
+# PRECISION=32 ...).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +24,8 @@ MASK_SYNTH=${MASK_SYNTH:-/tmp/masks_synth_seed0}
 MASK_WORKERS=${MASK_WORKERS:-4}
 CHECK_SECONDS=${CHECK_SECONDS:-540}     # the whole sitting; each part is cut to what is left of it
 THROUGHPUT=${THROUGHPUT:-1}             # 0: no throughput benchmark
+GATHER_SECONDS=${GATHER_SECONDS:-30}    # kept at the end of the sitting to gather the results
+export CAM_ROWS=${CAM_ROWS:-"image_prob cam_round1"}
 set -a
 . scripts/full_scale.env
 set +a
@@ -38,23 +43,24 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total --
 ) > "$OUT/masks.log" 2>&1 &
 MASKS=$!
 
-STAGE2=0 PYTHON=$PYTHON timeout "$(left)" bash scripts/run_pipeline.sh 2>&1 | tee "$OUT/pipeline.log"
+STAGE2=0 PYTHON=$PYTHON timeout "$(($(left) - GATHER_SECONDS))" bash scripts/run_pipeline.sh 2>&1 |
+  tee "$OUT/pipeline.log"
 echo "chain: exit ${PIPESTATUS[0]} after $SECONDS s"
 wait "$MASKS"
 echo "masks: exit $? after $SECONDS s"
 
-if [ "$THROUGHPUT" = 1 ] && [ "$(left)" -gt 60 ]; then
-  timeout "$(left)" $PYTHON benchmarks/bench_train_throughput.py --preset full --stages image,cell \
+if [ "$THROUGHPUT" = 1 ] && [ "$(left)" -gt $((GATHER_SECONDS + 60)) ]; then
+  timeout "$(($(left) - GATHER_SECONDS))" $PYTHON benchmarks/bench_train_throughput.py --preset full --stages image,cell \
     --json "$OUT/throughput.json" > "$OUT/throughput.log" 2>&1
   echo "throughput: exit $? after $SECONDS s"
 fi
 
-# the cell classifier without its optimiser state (a few MB), so its test rows can be re-scored elsewhere
-CELL_CKPT=$(ls -d "$OUT_DIR"/cell_train/lightning_logs/version_* 2> /dev/null | sort -V | tail -n 1)/checkpoints/last.ckpt
-[ -f "$CELL_CKPT" ] && $PYTHON -c "import sys, torch
-ckpt = torch.load(sys.argv[1], map_location='cpu', weights_only=False)
-torch.save({k: v for k, v in ckpt.items() if k not in ('optimizer_states', 'lr_schedulers', 'loops')}, sys.argv[2])" \
-  "$CELL_CKPT" "$OUT/cell_classifier.ckpt"
+# the classifiers without optimiser state, so that every row can be scored again elsewhere
+last_ckpt() { echo "$(ls -d "$OUT_DIR/$1"/lightning_logs/version_* 2> /dev/null | sort -V | tail -n 1)/checkpoints/last.ckpt"; }
+[ -f "$(last_ckpt cell_train)" ] && $PYTHON scripts/join_checkpoint.py --split "$(last_ckpt cell_train)" \
+  --out "$OUT/cell_classifier.ckpt"
+[ -f "$(last_ckpt round1)" ] && $PYTHON scripts/join_checkpoint.py --split "$(last_ckpt round1)" --half \
+  --out "$OUT/round1.ckpt"
 (cd "$OUT_DIR" 2> /dev/null && tar czf - evaluation.json submissions tune_fusion cell_stage.log \
   $(find . -path '*lightning_logs/version_*' \( -name 'events.out.*' -o -name hparams.yaml \)) 2> /dev/null) \
   > "$OUT/results.tar.gz"

@@ -40,6 +40,7 @@ DEVICES=${DEVICES:-auto}
 PRECISION=${PRECISION:-32}
 EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:-}   # e.g. "--use_ext_data --ext_data_csv ../input/publichpa.csv"
 STAGE2=${STAGE2:-1}                    # 0: stop after stage 1 (no pseudo labels, U-Net or ensemble rows)
+CAM_ROWS=${CAM_ROWS:-"image_prob cam_round0 cam_round1 cam_round1_rate_mean"}  # test rows of the image classifiers
 CELL=${CELL:-1}                        # the cell stage (crops, cell classifier, fused rows); 0 leaves it out
 CROP_SIZE=${CROP_SIZE:-64}             # cell crops: side (128-256 on a GPU) and masking (zero|channel|none)
 CROP_MASK=${CROP_MASK:-zero}

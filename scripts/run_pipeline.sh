@@ -16,6 +16,19 @@ cd "$(dirname "$0")/.."
 MASK_PARAMS_ARGS=()
 [ -n "$MASK_PARAMS" ] && MASK_PARAMS_ARGS=(--mask_params "$MASK_PARAMS")
 
+# settings checked before any work
+if [ "$CELL_PARALLEL" = 1 ] && [ "$CELL_TARGETS" != image ]; then
+  echo "CELL_PARALLEL=1 needs CELL_TARGETS=image: $CELL_TARGETS targets come from round 1's pseudo labels" >&2; exit 2
+fi
+for name in $CAM_ROWS; do
+  case $name in image_prob | cam_round0 | cam_round1 | cam_round1_rate_mean) ;;
+    *) echo "CAM_ROWS: unknown row '$name' (image_prob cam_round0 cam_round1 cam_round1_rate_mean)" >&2; exit 2 ;;
+  esac
+done
+if [ "$CELL" != 1 ] && [ "$STAGE2" != 1 ] && [[ " $CAM_ROWS " != *" cam_round1 "* ]]; then
+  echo "CAM_ROWS must hold cam_round1: with CELL=0 STAGE2=0 it is the submission" >&2; exit 2
+fi
+
 DONE="$OUT_DIR/.done"
 mkdir -p "$DONE"
 stage() { [ -f "$DONE/$1" ] && { echo "== $1: done earlier, skipped"; return 1; }; echo "== $1"; STAGE_START=$SECONDS; return 0; }
@@ -44,9 +57,6 @@ fi
 TRUTH_ARGS=()
 [ -d "$DATA_DIR/truth" ] && TRUTH_ARGS=(--segm_truth_dir "$DATA_DIR/truth")
 CROPS="$OUT_DIR/crops_$CROP_SIZE"
-if [ "$CELL_PARALLEL" = 1 ] && [ "$CELL_TARGETS" != image ]; then
-  echo "CELL_PARALLEL=1 needs CELL_TARGETS=image: $CELL_TARGETS targets come from round 1's pseudo labels" >&2; exit 2
-fi
 cell_stage() {  # crops of every cell, then the cell classifier: needs masks, not the image classifiers
   if stage crops; then
     for split in train test; do
@@ -119,7 +129,7 @@ declare -A RUNS=(
   [segmentation]="[[pred, 1.0, $ROUND1], [cam, 1.0, $SEGM]]|cell_logit"
   [ensemble]="[[both, 1.0, $ROUND0], [both, 1.0, $ROUND1], [cam, 2.0, $SEGM]]|cell_logit"
 )
-NAMES=(image_prob cam_round0 cam_round1 cam_round1_rate_mean)
+read -r -a NAMES <<< "$CAM_ROWS"
 [ "$STAGE2" = 1 ] && NAMES+=(segmentation ensemble)
 for name in "${NAMES[@]}"; do
   IFS='|' read -r ckpts conf <<< "${RUNS[$name]}"

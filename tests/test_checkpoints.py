@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -41,3 +44,39 @@ def test_weights_that_do_not_fit_their_hyperparameters_name_the_file(tmp_path):
     torch.save({"state_dict": {"network.nothing": torch.zeros(1)}, "hyper_parameters": hparams}, path)
     with pytest.raises(ValueError, match=r"mismatch\.ckpt: weights do not fit"):
         load_trained_pl_model(LitModel, path)
+
+
+def _join_script():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "join_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("join_checkpoint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_checkpoint_split_in_half_precision_and_joined_again_predicts_as_before(tmp_path):
+    """The way GPU runs come back (scripts/gpu_checks.sh): slim, float16, in parts under a size; joined here."""
+    torch.manual_seed(0)
+    hparams = {"timm_model_name": "test_resnet", "num_inchannels": 4, "round_nb": 0}
+    model = LitModel(**hparams).eval()
+    original = tmp_path / "last.ckpt"
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": hparams, "optimizer_states": [{"big": torch.zeros(9)}]},
+        original,
+    )
+    script = _join_script()
+    script.main(
+        script.parse_args(["--split", str(original), "--half", "--max_mb", "0.05", "--out", str(tmp_path / "r.ckpt")])
+    )
+    parts = sorted(tmp_path.glob("r.part*.ckpt"))
+    assert len(parts) > 1 and not (tmp_path / "r.ckpt").exists()
+    with pytest.raises(SystemExit, match="every part of one split is needed"):
+        script.main(script.parse_args(["--join", *map(str, parts[1:]), "--out", str(tmp_path / "bad.ckpt")]))
+    script.main(script.parse_args(["--join", *map(str, parts[::-1]), "--out", str(tmp_path / "joined.ckpt")]))
+    joined = load_checkpoint_file(tmp_path / "joined.ckpt")
+    assert "optimizer_states" not in joined and "part" not in joined
+    restored, _ = load_trained_pl_model(LitModel, tmp_path / "joined.ckpt")
+    images = torch.randn(2, 4, 64, 64)
+    with torch.no_grad():
+        expected, got = model(images)["logits"], restored(images)["logits"]
+    assert torch.allclose(expected, got, atol=0.05) and not torch.equal(expected, got)  # float16 weights, close

@@ -93,3 +93,64 @@ def load_trained_pl_model(
         raise ValueError(f"{checkpoint_path}: weights do not fit the network of its hyperparameters: {error}") from None
     model.eval()
     return model, dict(model.hparams)
+
+
+TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
+
+
+def slim_checkpoint(checkpoint: Mapping[str, Any], half: bool = False) -> dict[str, Any]:
+    """The checkpoint without its training state (optimiser, schedulers, loops, callbacks): enough to infer.
+
+    With ``half`` the floating-point weights are stored as float16 (loading casts them back to the network's type).
+    """
+    slim = {key: value for key, value in checkpoint.items() if key not in TRAINING_STATE}
+    if half:
+        slim["state_dict"] = {
+            name: tensor.half() if torch.is_floating_point(tensor) else tensor
+            for name, tensor in checkpoint["state_dict"].items()
+        }
+    return slim
+
+
+def split_checkpoint(checkpoint: Mapping[str, Any], max_bytes: int) -> list[dict[str, Any]]:
+    """The checkpoint in parts of at most about ``max_bytes`` of weights each; :func:`join_checkpoint` undoes it.
+
+    The first part holds everything but the weights; the weights are cut between tensors, so one tensor larger
+    than ``max_bytes`` makes a part of its own.
+    """
+    groups: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in checkpoint["state_dict"].items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if groups[-1] and size + nbytes > max_bytes:
+            groups.append({})
+            size = 0
+        groups[-1][name] = tensor
+        size += nbytes
+    head = {key: value for key, value in checkpoint.items() if key != "state_dict"}
+    return [
+        {**(head if index == 0 else {}), "state_dict": group, "part": index, "parts": len(groups)}
+        for index, group in enumerate(groups)
+    ]
+
+
+def join_checkpoint(parts: list[Mapping[str, Any]], dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """One checkpoint from the parts of :func:`split_checkpoint` (any order), floating weights cast to ``dtype``.
+
+    Raises:
+        ValueError: parts missing, repeated or from splits of different sizes.
+    """
+    numbers = sorted(part.get("part", -1) for part in parts)
+    counts = {part.get("parts") for part in parts}
+    if len(counts) != 1 or numbers != list(range(len(parts))) or counts != {len(parts)}:
+        raise ValueError(
+            f"parts {numbers} of splits into {sorted(map(str, counts))}: every part of one split is needed"
+        )
+    ordered = sorted(parts, key=lambda part: part["part"])
+    joined = {key: value for key, value in ordered[0].items() if key not in ("part", "parts", "state_dict")}
+    joined["state_dict"] = {
+        name: tensor.to(dtype) if torch.is_floating_point(tensor) else tensor
+        for part in ordered
+        for name, tensor in part["state_dict"].items()
+    }
+    return joined
