@@ -99,3 +99,45 @@ def test_fusing_two_submissions_matches_cells_by_mask():
     fused = fuse_submissions(image_part, cell_part, FusionConfig(rule="prob_mean", cell_weight=0.5))
     found = {(p.class_id, round(p.confidence, 3)) for p in parse_prediction_string(fused["PredictionString"][0])}
     assert found == {(3, 0.5), (NEGATIVE, 0.1), (3, 0.2), (NEGATIVE, 0.9)}
+
+
+def test_the_fusion_search_scores_exactly_what_the_fused_submission_scores(tmp_path):
+    """tune_fusion parses once and never writes the fused submission: its mAP must equal the written one's."""
+    import itertools
+
+    import pandas as pd
+
+    from src.data.atomic import write_png_atomic
+    from src.metrics import evaluate_submission, load_truth
+    from src.scoring.fusion_tuning import fuse_submissions, tune_fusion
+    from src.submission.codec import cell_mask_predictions
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((16, 16), np.uint16)
+    mask[:8, :8], mask[:8, 8:], mask[8:, :8], mask[8:, 12:] = 1, 2, 3, 4  # cell 4 is small: one predicted mask misses
+    predicted = mask.copy()
+    predicted[8:, 8:] = 4  # IoU 0.5 with truth cell 4
+    ids, label_rows, image_rows, cell_rows = [f"img{i}" for i in range(4)], [], [], []
+    for image_id in ids:
+        write_png_atomic(tmp_path / "truth" / "cell_masks" / f"{image_id}.png", mask)
+        label_rows += [(image_id, c, "|".join(map(str, rng.choice([0, 3, 16], 2, replace=False)))) for c in range(1, 5)]
+        image_scores = {c: {k: float(rng.uniform(0.01, 1)) for k in (0, 3, 16, NEGATIVE)} for c in range(1, 5)}
+        cell_scores = {c: {k: float(rng.uniform(0.01, 1)) for k in (0, 3, 16, NEGATIVE)} for c in range(1, 5)}
+        image_rows.append((image_id, 16, 16, cell_mask_predictions(predicted, image_scores)))
+        cell_rows.append((image_id, 16, 16, cell_mask_predictions(predicted, cell_scores)))
+    pd.DataFrame(label_rows, columns=["ID", "cell_id", "Label"]).to_csv(
+        tmp_path / "truth" / "cell_labels.csv", index=False
+    )
+    columns = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
+    image_part, cell_part = pd.DataFrame(image_rows, columns=columns), pd.DataFrame(cell_rows, columns=columns)
+    truth = load_truth(tmp_path / "truth", ids)
+    candidates = [
+        FusionConfig(rule=r, cell_weight=w, negative=n, cell_pool="max" if g else "none", cell_pool_weight=g)
+        for r, w, n, g in itertools.product(
+            ["prob_mean", "geometric", "logit_mean"], [0.3, 1.0], ["dark", "mean"], [0, 0.9]
+        )
+    ]
+    searched = dict(tune_fusion(image_part, cell_part, truth, candidates))
+    written = {c: evaluate_submission(fuse_submissions(image_part, cell_part, c), truth, ids).mAP for c in candidates}
+    assert searched == written
+    assert len(set(written.values())) > 3  # the candidates differ, so the equality says something

@@ -275,8 +275,24 @@ def evaluate_submission(
             raise FileNotFoundError(f"no truth loaded for image {lacking[0]} (truth {truth.truth_dir})")
     else:
         truth = load_truth(truth_dir, ids)
-    predictions = submission_predictions(submission, truth, ids)
 
+    return evaluate_predictions(
+        submission_predictions(submission, truth, ids), truth, ids, iou_threshold, workers, iou_cache
+    )
+
+
+def evaluate_predictions(
+    predictions: dict[str, list[CellPrediction]],
+    truth: CellTruth,
+    ids: list[str],
+    iou_threshold: float = IOU_THRESHOLD,
+    workers: int = 1,
+    iou_cache: dict[str, dict[str, np.ndarray]] | None = None,
+) -> CellAPResult:
+    """:func:`evaluate_submission` of predictions already parsed and checked (:func:`submission_predictions`).
+
+    ``predictions`` holds every image of ``ids`` (an empty list for an image without predictions).
+    """
     if iou_cache is not None and workers > 1:
         raise ValueError("iou_cache is filled in one process: use workers=1 with it")
     caches = [None if iou_cache is None else iou_cache.setdefault(i, {}) for i in ids]
