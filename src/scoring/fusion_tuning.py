@@ -18,7 +18,13 @@ from src.data.classes import NUM_CLASSES
 from src.metrics import evaluate_predictions, submission_predictions
 from src.metrics.truth import CellTruth
 from src.scoring.fusion import FusionConfig, fuse_cell_scores
-from src.submission.codec import SUBMISSION_COLUMNS, CellPrediction, format_prediction_string, parse_prediction_string
+from src.submission.codec import (
+    SUBMISSION_COLUMNS,
+    CellPrediction,
+    format_confidence,
+    format_prediction_string,
+    parse_prediction_string,
+)
 
 
 def cell_scores_by_rle(prediction_string: object, where: str) -> dict[str, dict[int, float]]:
@@ -73,9 +79,13 @@ def parse_parts(image_part: pd.DataFrame, cell_part: pd.DataFrame) -> list[Image
 
 
 def fuse_image(parts: ImageParts, config: FusionConfig) -> list[CellPrediction]:
-    """The image's predictions as inference writes them with ``config`` (confidences to 6 significant digits)."""
+    """The image's predictions as inference writes them with ``config`` (confidences as written)."""
     fused = fuse_cell_scores(parts.image_cells, parts.scored, parts.probs, config)
-    return [CellPrediction(k, float(f"{c:.6g}"), parts.rles[i]) for i, cell in fused.items() for k, c in cell.items()]
+    return [
+        CellPrediction(k, float(format_confidence(c)), parts.rles[i])
+        for i, cell in fused.items()
+        for k, c in cell.items()
+    ]
 
 
 def fuse_submissions(image_part: pd.DataFrame, cell_part: pd.DataFrame, config: FusionConfig) -> pd.DataFrame:

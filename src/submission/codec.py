@@ -97,8 +97,13 @@ class CellPrediction:
     rle: str
 
 
+def format_confidence(confidence: float) -> str:
+    """A confidence as a submission writes it (6 significant digits)."""
+    return f"{confidence:.6g}"
+
+
 def format_prediction_string(predictions: list[CellPrediction]) -> str:
-    return " ".join(f"{p.class_id} {p.confidence:.6g} {p.rle}" for p in predictions)
+    return " ".join(f"{p.class_id} {format_confidence(p.confidence)} {p.rle}" for p in predictions)
 
 
 def parse_prediction_string(text: object, where: str = "PredictionString") -> list[CellPrediction]:
