@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> None:
         return
     parts = split_checkpoint(slim_checkpoint(load_checkpoint_file(args.split), args.half), int(args.max_mb * 1e6))
     if len(parts) == 1:
-        save({k: v for k, v in parts[0].items() if k not in ("part", "parts")}, args.out)
+        save(parts[0], args.out)
         return
     for part in parts:
         save(part, args.out.with_name(f"{args.out.stem}.part{part['part']}{args.out.suffix}"))

@@ -115,8 +115,9 @@ def slim_checkpoint(checkpoint: Mapping[str, Any], half: bool = False) -> dict[s
 def split_checkpoint(checkpoint: Mapping[str, Any], max_bytes: int) -> list[dict[str, Any]]:
     """The checkpoint in parts of at most about ``max_bytes`` of weights each; :func:`join_checkpoint` undoes it.
 
-    The first part holds everything but the weights; the weights are cut between tensors, so one tensor larger
-    than ``max_bytes`` makes a part of its own.
+    A checkpoint within ``max_bytes`` comes back whole, as the one item. Otherwise the first part holds everything
+    but the weights; the weights are cut between tensors, so one tensor larger than ``max_bytes`` makes a part of
+    its own.
     """
     groups: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -127,6 +128,8 @@ def split_checkpoint(checkpoint: Mapping[str, Any], max_bytes: int) -> list[dict
             size = 0
         groups[-1][name] = tensor
         size += nbytes
+    if len(groups) == 1:
+        return [dict(checkpoint)]
     head = {key: value for key, value in checkpoint.items() if key != "state_dict"}
     return [
         {**(head if index == 0 else {}), "state_dict": group, "part": index, "parts": len(groups)}
