@@ -128,6 +128,9 @@ class LitModel(pl.LightningModule):
             ``warmup_ratio``, ``puzzle_cam``...); saved to the checkpoint and hparams.yaml.
     """
 
+    # Network and batches are channels_last on CUDA; a subclass sets this to use it on the CPU as well.
+    CHANNELS_LAST_ON_CPU = False
+
     def __init__(self, network: nn.Module | None = None, criterion: nn.Module | None = None, **hparams: Any):
         super().__init__()
         self.save_hyperparameters(hparams)
@@ -146,14 +149,17 @@ class LitModel(pl.LightningModule):
         images = batch["image"]
         if images.dtype == torch.uint8:
             images = normalize_images(images)
-        if images.is_cuda:
-            images = images.contiguous(memory_format=torch.channels_last)
-        batch["image"] = images
+        batch["image"] = self._to_memory_format(images)
         return batch
+
+    def _to_memory_format(self, images: torch.Tensor) -> torch.Tensor:
+        if images.is_cuda or self.CHANNELS_LAST_ON_CPU:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def setup(self, stage: str) -> None:
         # channels_last before the strategy moves and wraps the network (DDP buckets keep this layout)
-        if self.trainer.strategy.root_device.type == "cuda":
+        if self.trainer.strategy.root_device.type == "cuda" or self.CHANNELS_LAST_ON_CPU:
             self.network.to(memory_format=torch.channels_last)
         if self.hparams.get("compile", False):
             self.network.compile()  # in place: the state dict keeps its keys, checkpoints load without it
