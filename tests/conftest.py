@@ -1,8 +1,10 @@
 """Shared fixtures: a tiny synthetic benchmark and a tiny classifier trained on it, built once per session."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -15,6 +17,15 @@ def run_script(script: str, *args: str, timeout: int = 300) -> subprocess.Comple
     result = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{script} exited {result.returncode}:\n{result.stderr[-4000:]}"
     return result
+
+
+def load_script(relative_path: str) -> ModuleType:
+    """Import a script that is not a package module (``scripts/...``, ``benchmarks/...``) by its path."""
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

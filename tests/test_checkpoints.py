@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from src.training.checkpoints import load_checkpoint_file, load_trained_pl_model, read_checkpoint_hparams
 from src.training.lit_model import LitModel
+from tests.conftest import load_script
 
 
 def test_corrupt_checkpoint_names_the_file_and_what_was_expected(tmp_path):
@@ -46,14 +44,6 @@ def test_weights_that_do_not_fit_their_hyperparameters_name_the_file(tmp_path):
         load_trained_pl_model(LitModel, path)
 
 
-def _join_script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "join_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("join_checkpoint", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_checkpoint_split_in_half_precision_and_joined_again_predicts_as_before(tmp_path):
     """The way GPU runs come back (scripts/gpu_checks.sh): slim, float16, in parts under a size; joined here."""
     torch.manual_seed(0)
@@ -64,7 +54,7 @@ def test_a_checkpoint_split_in_half_precision_and_joined_again_predicts_as_befor
         {"state_dict": model.state_dict(), "hyper_parameters": hparams, "optimizer_states": [{"big": torch.zeros(9)}]},
         original,
     )
-    script = _join_script()
+    script = load_script("scripts/join_checkpoint.py")
     script.main(
         script.parse_args(["--split", str(original), "--half", "--max_mb", "0.05", "--out", str(tmp_path / "r.ckpt")])
     )

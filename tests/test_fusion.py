@@ -1,10 +1,17 @@
 """Fusing cell-classifier probabilities with image-level per-cell scores (src/scoring/fusion.py)."""
 
+import itertools
+
 import numpy as np
+import pandas as pd
 import pytest
 
+from src.data.atomic import write_png_atomic
 from src.data.classes import NEGATIVE, NUM_CLASSES
+from src.metrics import evaluate_submission, load_truth
 from src.scoring.fusion import FusionConfig, fuse_cell_scores, fuse_probs, pool_cell_probs, refine_image_probs
+from src.scoring.fusion_tuning import fuse_submissions, tune_fusion
+from src.submission.codec import cell_mask_predictions, parse_prediction_string
 
 
 def cell_probs(value: float = 0.8) -> np.ndarray:
@@ -82,11 +89,6 @@ def test_bad_fusion_blocks_name_the_key():
 
 
 def test_fusing_two_submissions_matches_cells_by_mask():
-    import pandas as pd
-
-    from src.scoring.fusion_tuning import fuse_submissions
-    from src.submission.codec import cell_mask_predictions, parse_prediction_string
-
     mask = np.zeros((8, 8), np.uint16)
     mask[:4], mask[4:] = 1, 2
 
@@ -103,15 +105,6 @@ def test_fusing_two_submissions_matches_cells_by_mask():
 
 def test_the_fusion_search_scores_exactly_what_the_fused_submission_scores(tmp_path):
     """tune_fusion parses once and never writes the fused submission: its mAP must equal the written one's."""
-    import itertools
-
-    import pandas as pd
-
-    from src.data.atomic import write_png_atomic
-    from src.metrics import evaluate_submission, load_truth
-    from src.scoring.fusion_tuning import fuse_submissions, tune_fusion
-    from src.submission.codec import cell_mask_predictions
-
     rng = np.random.default_rng(0)
     mask = np.zeros((16, 16), np.uint16)
     mask[:8, :8], mask[:8, 8:], mask[8:, :8], mask[8:, 12:] = 1, 2, 3, 4  # cell 4 is small: one predicted mask misses

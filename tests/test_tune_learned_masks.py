@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -10,21 +9,14 @@ import pytest
 import yaml
 
 from src.cell_masks import learned
-from tests.conftest import ROOT
+from tests.conftest import load_script
 from tests.test_cell_masks_learned import random_weights
-
-
-def load_tuner():
-    spec = importlib.util.spec_from_file_location("tune_learned_masks", ROOT / "benchmarks" / "tune_learned_masks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_tuning_writes_a_grid_point_and_scores_in_range(
     tiny_synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tuner = load_tuner()
+    tuner = load_script("benchmarks/tune_learned_masks.py")
     calls = []
     network_maps = learned.predict_maps
     monkeypatch.setattr(learned, "predict_maps", lambda *a, **k: calls.append(1) or network_maps(*a, **k))
