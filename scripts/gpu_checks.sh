@@ -15,6 +15,7 @@
 # PRECISION=32 ...).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/last_ckpt.sh
 
 PYTHON=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-outputs/gpu_checks}
@@ -56,11 +57,10 @@ if [ "$THROUGHPUT" = 1 ] && [ "$(left)" -gt $((GATHER_SECONDS + 60)) ]; then
 fi
 
 # the classifiers without optimiser state, so that every row can be scored again elsewhere
-last_ckpt() { echo "$(ls -d "$OUT_DIR/$1"/lightning_logs/version_* 2> /dev/null | sort -V | tail -n 1)/checkpoints/last.ckpt"; }
-[ -f "$(last_ckpt cell_train)" ] && $PYTHON scripts/join_checkpoint.py --split "$(last_ckpt cell_train)" \
-  --out "$OUT/cell_classifier.ckpt"
-[ -f "$(last_ckpt round1)" ] && $PYTHON scripts/join_checkpoint.py --split "$(last_ckpt round1)" --half \
-  --out "$OUT/round1.ckpt"
+CELL_CKPT=$(last_ckpt "$OUT_DIR/cell_train" 2> /dev/null)
+[ -f "$CELL_CKPT" ] && $PYTHON scripts/join_checkpoint.py --split "$CELL_CKPT" --out "$OUT/cell_classifier.ckpt"
+ROUND1_CKPT=$(last_ckpt "$OUT_DIR/round1" 2> /dev/null)
+[ -f "$ROUND1_CKPT" ] && $PYTHON scripts/join_checkpoint.py --split "$ROUND1_CKPT" --half --out "$OUT/round1.ckpt"
 (cd "$OUT_DIR" 2> /dev/null && tar czf - evaluation.json submissions tune_fusion cell_stage.log \
   $(find . -path '*lightning_logs/version_*' \( -name 'events.out.*' -o -name hparams.yaml \)) 2> /dev/null) \
   > "$OUT/results.tar.gz"

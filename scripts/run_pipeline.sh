@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/pipeline_defaults.sh        # every setting and its default, in one place
+. scripts/last_ckpt.sh                # last_ckpt RUN_DIR
 MASK_PARAMS_ARGS=()
 [ -n "$MASK_PARAMS" ] && MASK_PARAMS_ARGS=(--mask_params "$MASK_PARAMS")
 
@@ -33,7 +34,6 @@ DONE="$OUT_DIR/.done"
 mkdir -p "$DONE"
 stage() { [ -f "$DONE/$1" ] && { echo "== $1: done earlier, skipped"; return 1; }; echo "== $1"; STAGE_START=$SECONDS; return 0; }
 finish() { touch "$DONE/$1"; echo "== $1: finished in $((SECONDS - STAGE_START)) s"; }
-last_ckpt() { ls -d "$1"/lightning_logs/version_* | sort -V | tail -n 1 | sed 's#$#/checkpoints/last.ckpt#'; }
 train() {  # train ROOT_DIR EPOCHS LR [args...]
   local root=$1 epochs=$2 lr=$3; shift 3
   $PYTHON run_classification.py --data_dir "$DATA_DIR" --timm_model_name "$TIMM" --timm_kwargs "$TIMM_KWARGS" \

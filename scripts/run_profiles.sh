@@ -10,6 +10,7 @@
 # Settings are environment variables; a finished stage is skipped on a re-run (markers in $OUT_DIR/.done).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/last_ckpt.sh
 
 PYTHON=${PYTHON:-.venv/bin/python}
 DATA_DIR=${DATA_DIR:-data/synthetic_domains}
@@ -36,7 +37,6 @@ DONE="$OUT_DIR/.done"
 mkdir -p "$DONE"
 stage() { [ -f "$DONE/$1" ] && { echo "== $1: done earlier, skipped"; return 1; }; echo "== $1"; return 0; }
 finish() { touch "$DONE/$1"; }
-last_ckpt() { ls -d "$1"/lightning_logs/version_* | sort -V | tail -n 1 | sed 's#$#/checkpoints/last.ckpt#'; }
 CROPS="$OUT_DIR/crops_$CROP_SIZE"
 TRUTH_MASKS="{cell_dir: $DATA_DIR/truth/cell_masks, nuclei_dir: $DATA_DIR/truth/nuclei_masks}"
 
