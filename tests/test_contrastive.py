@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -114,6 +115,31 @@ def test_an_empty_split_and_a_foreign_checkpoint_are_refused(crop_store, tmp_pat
     )  # fmt: skip
     with pytest.raises(ValueError, match="is not a pre-training run on crops"):
         pretrain_cells.main(args)
+
+
+def test_an_excluded_cell_line_is_neither_trained_nor_validated_on(crop_store, tiny_synthetic, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(tiny_synthetic / "train.csv", data / "train.csv")
+    ids = read_labels(data / "train.csv")["ID"].tolist()
+    lines = [f"line{k % 3}" for k in range(len(ids))]
+    pd.DataFrame({"ID": ids, "split": "train", "cell_line": lines, "batch": "default"}).to_csv(
+        data / "metadata.csv", index=False
+    )
+    full = CellCropDataModule(crop_store, data, num_workers=0)
+    held = CellCropDataModule(crop_store, data, num_workers=0, exclude_cell_lines=["line1"])
+    line1 = {image for image, line in zip(ids, lines) if line == "line1"}
+    for rows, full_rows in ((held.train_rows, full.train_rows), (held.val_rows, full.val_rows)):
+        kept = set(held.index.loc[rows, "ID"])
+        assert kept == set(full.index.loc[full_rows, "ID"]) - line1 and kept
+    fewer = CellCropDataModule(crop_store, data, num_workers=0, exclude_cell_lines=["line1"], label_fraction=0.5)
+    assert set(fewer.index.loc[fewer.train_rows, "ID"]) < set(held.index.loc[held.train_rows, "ID"])
+    with pytest.raises(ValueError, match=r"--exclude_cell_lines \['line7'\].*'line0', 'line1', 'line2'"):
+        CellCropDataModule(crop_store, data, num_workers=0, exclude_cell_lines=["line7"])
+    with pytest.raises(ValueError, match="leaves no training image"):
+        CellCropDataModule(crop_store, data, num_workers=0, exclude_cell_lines=["line0", "line1", "line2"])
+    with pytest.raises(FileNotFoundError, match="--exclude_cell_lines needs .*metadata.csv"):
+        CellCropDataModule(crop_store, tiny_synthetic, num_workers=0, exclude_cell_lines=["line1"])
 
 
 def test_label_fraction_keeps_a_seeded_share_of_the_training_images(crop_store, tiny_synthetic):

@@ -11,6 +11,8 @@ from src.data.classes import CHANNELS
 from src.data.folds import N_FOLDS, load_or_make_folds
 from src.data.io import channel_path, read_labels
 
+METADATA = "metadata.csv"  # ID, split, cell_line, batch of a benchmark with domains (make_synthetic_data.py)
+
 
 def split_image_ids(data_dir: str | os.PathLike, split: str, fold: int = -1, n_splits: int = N_FOLDS) -> list[str]:
     """IDs of a split: ``sample_submission.csv`` for 'test', ``train.csv`` for 'train'; with ``fold`` >= 0
@@ -38,3 +40,20 @@ def check_images_exist(data_dir: str | os.PathLike, split: str, ids: list[str], 
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} channel file(s) of the {split} split are missing, e.g. {missing[:3]}")
+
+
+def read_metadata(data_dir: str | os.PathLike, needed_by: str) -> pd.DataFrame:
+    """``metadata.csv`` of ``data_dir`` (ID, split, cell_line, batch; all strings).
+
+    Raises:
+        FileNotFoundError: no such file; the message names ``needed_by`` (the option that asked for it).
+        ValueError: a column is missing.
+    """
+    path = Path(data_dir) / METADATA
+    if not path.is_file():
+        raise FileNotFoundError(f"{needed_by} needs {path} (make_synthetic_data.py --cell_lines/--batches writes it)")
+    frame = pd.read_csv(path, dtype=str)
+    missing = sorted({"ID", "split", "cell_line", "batch"} - set(frame.columns))
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}")
+    return frame

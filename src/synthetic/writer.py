@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from src.data.atomic import write_csv_atomic, write_png_atomic, write_text_atomic
 from src.data.classes import CHANNELS
+from src.data.splits import METADATA
 from src.synthetic.config import SyntheticConfig
 from src.synthetic.domains import (
     NEUTRAL_BATCH,
@@ -68,9 +69,6 @@ def image_seed(seed: int, split: str, index: int) -> int:
     """Seed of one image, derived from the dataset seed, its split and its index."""
     state = np.random.SeedSequence([seed, _SPLIT_CODES[split], index]).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 32 | int(state[1])
-
-
-METADATA = "metadata.csv"
 
 
 def _manifest(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -21,6 +22,7 @@ from src.crops.store import read_index, read_manifest
 from src.crops.targets import cell_targets
 from src.data.folds import load_or_make_folds
 from src.data.io import labels_to_multihot, read_labels
+from src.data.splits import read_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,23 @@ class CropStoreDataModule(pl.LightningDataModule):
         )
 
 
+def line_images(data_dir: str | os.PathLike, cell_lines: Sequence[str]) -> set[str]:
+    """IDs of the images of ``cell_lines`` (none: an empty set, no metadata read).
+
+    Raises:
+        FileNotFoundError: no ``metadata.csv``.
+        ValueError: a name that is not a cell line of the metadata (the known ones listed).
+    """
+    if not cell_lines:
+        return set()
+    metadata = read_metadata(data_dir, "--exclude_cell_lines")
+    unknown = sorted(set(cell_lines) - set(metadata["cell_line"]))
+    if unknown:
+        known = sorted(set(metadata["cell_line"]))
+        raise ValueError(f"--exclude_cell_lines {unknown}: not in {data_dir}/metadata.csv, whose lines are {known}")
+    return set(metadata.loc[metadata["cell_line"].isin(cell_lines), "ID"])
+
+
 class CellCropDataModule(CropStoreDataModule):
     """Training cells of a crop store with their targets.
 
@@ -75,6 +94,8 @@ class CellCropDataModule(CropStoreDataModule):
         num_workers: DataLoader workers.
         seed: augmentation and bag shuffling seed.
         label_fraction: share of the training images whose cells are used (1: all).
+        exclude_cell_lines: cell lines (names in ``metadata.csv``) whose images are neither trained nor validated
+            on: a line held out of the labels, for a domain-shift test on the same test images.
     """
 
     def __init__(
@@ -91,6 +112,7 @@ class CellCropDataModule(CropStoreDataModule):
         num_workers: int = 2,
         seed: int = 0,
         label_fraction: float = 1.0,
+        exclude_cell_lines: Sequence[str] = (),
     ):
         super().__init__(crop_dir, num_workers)
         self.split = "train"
@@ -115,6 +137,9 @@ class CellCropDataModule(CropStoreDataModule):
         if not 0.0 < label_fraction <= 1.0:
             raise ValueError(f"--label_fraction must lie in (0, 1], got {label_fraction}")
         self.label_fraction = label_fraction
+        self.kept = ~self.index["ID"].isin(line_images(data_dir, exclude_cell_lines)).to_numpy()
+        if not self.train_rows.any():
+            raise ValueError(f"--exclude_cell_lines {list(exclude_cell_lines)} leaves no training image")
         self.train_set: CellCropDataset | None = None
         self.val_set: CellCropDataset | None = None
 
@@ -131,13 +156,13 @@ class CellCropDataModule(CropStoreDataModule):
 
     @property
     def val_rows(self) -> np.ndarray:
-        return (self.index["fold"] == self.val_fold).to_numpy()
+        return (self.index["fold"] == self.val_fold).to_numpy() & self.kept
 
     @property
     def train_rows(self) -> np.ndarray:
-        """Cells of the training folds; with ``label_fraction`` < 1 only those of a seeded share of their images
-        (the labelled few of a semi-supervised comparison; at least one image)."""
-        rows = ~self.val_rows
+        """Cells of the training folds outside the excluded lines; with ``label_fraction`` < 1 only those of a
+        seeded share of their images (the labelled few of a semi-supervised comparison; at least one image)."""
+        rows = (self.index["fold"] != self.val_fold).to_numpy() & self.kept
         if self.label_fraction >= 1.0:
             return rows
         images = np.array(sorted(set(self.index.loc[rows, "ID"])))

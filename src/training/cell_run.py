@@ -43,6 +43,12 @@ def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
     cell.add_argument(
         "--label_fraction", type=float, default=1.0, help="train on the cells of this share of the training images"
     )
+    cell.add_argument(
+        "--exclude_cell_lines",
+        default="",
+        metavar="LINE[,LINE]",
+        help="neither train nor validate on the images of these cell lines (names in the data's metadata.csv)",
+    )
 
 
 def build_cell_run(args: argparse.Namespace, callbacks: Sequence[Callback] = ()) -> TrainingRun:
@@ -71,6 +77,7 @@ def build_cell_run(args: argparse.Namespace, callbacks: Sequence[Callback] = ())
         num_workers=args.num_workers,
         seed=args.seed,
         label_fraction=args.label_fraction,
+        exclude_cell_lines=[name for name in args.exclude_cell_lines.split(",") if name],
     )
     args.num_classes = NUM_CLASSES
     datamodule.record_crop_format(args)
