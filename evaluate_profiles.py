@@ -10,8 +10,10 @@ A --model is NAME=SPEC: ``handcrafted`` (CellProfiler-style intensity, texture a
 of any run (self-supervised, cell classifier, image classifier: its backbone, pooled) or ``random:TIMM_NAME[:JSON
 kwargs]`` (random init). Embeddings are written to OUT_DIR/{NAME}.npz atomically and reused while the model file
 and the store are unchanged. The probe trains on the train split's cells and is scored on the test split's; 1-NN and
-bags use the test images (NSCB needs metadata.csv, from make_synthetic_data.py --batches). Writes OUT_DIR/profiles.json
-and prints one Markdown table.
+bags use the test images (NSCB needs metadata.csv, from make_synthetic_data.py --batches). ``--shift_column
+cell_line`` (and/or ``batch``) adds ``probe_drop_cell_line``: per cell line, the probe's AP on that line's test cells
+when its training images are among the probe's (a same-sized random share of all) minus when they are not, averaged
+over the lines (per line in the JSON). Writes OUT_DIR/profiles.json and prints one Markdown table.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pandas as pd
 from src.crops.store import read_index, read_manifest, read_mask_dir
 from src.data.atomic import atomic_path, write_text_atomic
 from src.data.io import labels_to_multihot, read_labels
+from src.data.splits import METADATA, read_metadata
 from src.profiles.cell_truth import truth_cell_labels
 from src.profiles.embeddings import HANDCRAFTED, cell_embeddings, handcrafted_features, load_encoder, spec_fingerprint
 from src.profiles.evaluation import (
@@ -37,6 +40,7 @@ from src.profiles.evaluation import (
     macro_ap,
     nearest_neighbour_accuracy,
     predict_probe,
+    probe_shift_drops,
     whiten,
 )
 from src.viz.embeddings import plot_embeddings
@@ -55,6 +59,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--picture", type=Path, default=None, help="t-SNE picture of one model's embeddings")
     parser.add_argument("--picture_model", default=None, help="the model NAME drawn (default: the first)")
     parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument(
+        "--shift_column",
+        choices=["cell_line", "batch"],
+        action="append",
+        default=[],
+        help="add probe_drop_COLUMN: the probe's loss on each value of this metadata column when trained without it "
+        "(repeat for both)",
+    )
     args = parser.parse_args(argv)
     for item in args.model:
         if "=" not in item:
@@ -80,7 +92,9 @@ def embeddings_of(name: str, spec: str, crop_dir: Path, index: pd.DataFrame, out
     return embeddings
 
 
-def score(embeddings: np.ndarray, index: pd.DataFrame, cell_truth: list, image_table: pd.DataFrame, args) -> dict:
+def score(
+    embeddings: np.ndarray, index: pd.DataFrame, cell_truth: list, image_table: pd.DataFrame, args
+) -> dict[str, float | dict[str, float]]:
     features = embeddings if args.no_whiten else whiten(embeddings)
     test = (index["split"] == "test").to_numpy()
     keys, profiles = image_profiles(index.loc[test, "ID"].to_numpy(), features[test])
@@ -92,6 +106,11 @@ def score(embeddings: np.ndarray, index: pd.DataFrame, cell_truth: list, image_t
     targets = labels_to_multihot([labels or [] for labels in cell_truth])
     probe = fit_probe(features[train_cells], targets[train_cells])
     row["probe_mAP"] = macro_ap(predict_probe(probe, features[test_cells]), targets[test_cells])
+    for column in args.shift_column:
+        domains = index["ID"].map(dict(zip(image_table["ID"], image_table[column]))).to_numpy()
+        drops = probe_shift_drops(features, targets, index["ID"].to_numpy(), domains, train_cells, test_cells)
+        row[f"probe_drop_{column}"] = float(np.mean(list(drops.values())))
+        row[f"probe_drop_{column}_each"] = drops
     train_keys, train_profiles = image_profiles(index.loc[~test, "ID"].to_numpy(), features[~test])
     image_targets = labels_to_multihot(list(image_table.set_index("ID").loc[train_keys, "labels"]))
     image_probe = fit_probe(train_profiles, image_targets)
@@ -122,9 +141,12 @@ def main(args: argparse.Namespace) -> None:
         ignore_index=True,
     )
     image_table["label_set"] = ["|".join(map(str, sorted(labels))) for labels in image_table["labels"]]
-    metadata = args.data_dir / "metadata.csv"
-    batches = pd.read_csv(metadata, dtype=str) if metadata.is_file() else pd.DataFrame({"ID": [], "batch": []})
-    image_table["batch"] = image_table["ID"].map(dict(zip(batches["ID"], batches["batch"]))).fillna("default")
+    if args.shift_column or (args.data_dir / METADATA).is_file():
+        metadata = read_metadata(args.data_dir, "--shift_column")
+    else:
+        metadata = pd.DataFrame({"ID": [], "cell_line": [], "batch": []})
+    for column in ("cell_line", "batch"):
+        image_table[column] = image_table["ID"].map(dict(zip(metadata["ID"], metadata[column]))).fillna("default")
     mask_dirs = {split: read_mask_dir(args.crop_dir, split) for split in ("train", "test")}
     cell_truth = truth_cell_labels(index, mask_dirs, args.data_dir / "truth")
     results = {}
@@ -135,9 +157,10 @@ def main(args: argparse.Namespace) -> None:
         if args.picture is not None and name == (args.picture_model or args.model[0].split("=", 1)[0]):
             plot_embeddings(embeddings, index, cell_truth, image_table, args.picture, title=name)
     write_text_atomic(args.out_dir / "profiles.json", json.dumps(results, indent=1) + "\n")
-    print("| model | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS))
+    columns = COLUMNS + tuple(f"probe_drop_{column}" for column in args.shift_column)
+    print("| model | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns))
     for name, row in results.items():
-        print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in COLUMNS) + " |")
+        print(f"| {name} | " + " | ".join(f"{round(row[c], 3) or 0.0:.3f}" for c in columns) + " |")
 
 
 if __name__ == "__main__":

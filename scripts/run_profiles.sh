@@ -8,7 +8,8 @@
 #   -> single-cell mAP of each cell classifier alone on the test split
 #   -> domain shift: for each cell line, cell classifiers trained without that line's labels
 #      (--exclude_cell_lines) against ones trained on a same-sized share of all lines, scored on the same test
-#      images of that line; the drop per line and its mean (domain_shift.md).
+#      images of that line; the drop per line and its mean (domain_shift_cell_line.md); the same for batches
+#      (--exclude_batches, domain_shift_batch.md).
 # Settings are environment variables; a finished stage is skipped on a re-run (markers in $OUT_DIR/.done).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,7 @@ EPOCHS_CELL=${EPOCHS_CELL:-10}  # with all labels; a share F of the labels train
 EPOCHS_IMAGE=${EPOCHS_IMAGE:-3}
 LABEL_FRACTIONS=${LABEL_FRACTIONS:-"0.1 1.0"}
 SHIFT_LINES=${SHIFT_LINES:-all}  # cell lines held out in turn for the domain-shift test ("none": skip it)
+SHIFT_BATCHES=${SHIFT_BATCHES:-all}  # the same for acquisition batches
 NUM_WORKERS=${NUM_WORKERS:-0}
 ACCELERATOR=${ACCELERATOR:-auto}
 
@@ -60,7 +62,7 @@ if stage pretrain; then
     --default_root_dir "$OUT_DIR/pretrain"
   finish pretrain
 fi
-if stage image_classifier; then  # only for run_cam_infer's image part, whose weight is 0 in the cell-alone rows
+if stage image_classifier; then  # run_cam_infer's image part (weight 0 in the cell-alone rows) and a profiles row
   $PYTHON run_classification.py --data_dir "$DATA_DIR" --timm_model_name resnet18 \
     --timm_kwargs '{"channels": [32, 64, 128, 256], "output_stride": 16}' --input_size "$IMAGE_SIZE" --aug_mode 2 \
     --batch_size 16 --num_workers "$NUM_WORKERS" --max_epochs "$EPOCHS_IMAGE" --optim_name adam --lr 1e-3 \
@@ -88,7 +90,7 @@ cell_classifier() {
     --conf_how image_prob --fusion "{cell_weight: 1.0}" --num_workers 1
 }
 MODELS=(--model handcrafted=handcrafted --model "random=random:$TIMM:$TIMM_KWARGS"
-  --model "selfsup=$(last_ckpt "$OUT_DIR/pretrain")")
+  --model "selfsup=$(last_ckpt "$OUT_DIR/pretrain")" --model "image_classifier=$IMAGE_CKPT")
 for init in random selfsup; do
   for fraction in $LABEL_FRACTIONS; do
     name="cell_${init}_${fraction}"
@@ -102,7 +104,8 @@ done
 if stage profiles; then
   mkdir -p "$OUT_DIR/profiles"
   $PYTHON evaluate_profiles.py --data_dir "$DATA_DIR" --crop_dir "$CROPS" "${MODELS[@]}" \
-    --out_dir "$OUT_DIR/profiles" --picture images/cell_embeddings.png --picture_model selfsup | tee "$OUT_DIR/profiles/table.md"
+    --shift_column cell_line --shift_column batch --out_dir "$OUT_DIR/profiles" \
+    --picture images/cell_embeddings.png --picture_model selfsup | tee "$OUT_DIR/profiles/table.md"
   finish profiles
 fi
 SUBS=()
@@ -113,38 +116,45 @@ echo "== single-cell mAP of each cell classifier alone, test split"
 $PYTHON evaluate.py --truth_dir "$DATA_DIR/truth" --split_csv "$DATA_DIR/sample_submission.csv" "${SUBS[@]}" \
   --json "$OUT_DIR/cell_map_test.json" | tail -n 3
 
-# Domain shift: every line L is scored on its own test images by classifiers trained without L's labels
-# ("unseen") and by ones trained on all lines ("seen") with the same number of training images on average
-# (a share (lines - 1) / lines of them) and the same epochs, so each line's difficulty is measured with the
-# line seen.
-if [ "$SHIFT_LINES" = none ]; then exit 0; fi
-if [ "$SHIFT_LINES" = all ]; then SHIFT_LINES=$(seq -f "line%g" 0 $((CELL_LINES - 1))); fi
-SEEN_FRACTION=$(awk -v n="$CELL_LINES" 'BEGIN { printf "%.4f", (n - 1) / n }')
-for init in random selfsup; do
-  if stage "shift_${init}_seen"; then
-    cell_classifier "shift_${init}_seen" "$init" "$SEEN_FRACTION" "$SEEN_FRACTION"
-    finish "shift_${init}_seen"
-  fi
-  for line in $SHIFT_LINES; do
-    if stage "shift_${init}_no_${line}"; then
-      cell_classifier "shift_${init}_no_${line}" "$init" 1.0 "$SEEN_FRACTION" --exclude_cell_lines "$line"
-      finish "shift_${init}_no_${line}"
-    fi
-  done
-done
-SHIFT_JSONS=()
-for line in $SHIFT_LINES; do
-  awk -F, -v line="$line" 'NR == 1 || ($2 == "test" && $3 == line) { print $1 }' "$DATA_DIR/metadata.csv" \
-    > "$OUT_DIR/test_$line.csv"
-  echo "== domain shift, test images of $line"
-  LINE_SUBS=()
+# Domain shift: each cell line (then each batch) D is scored on its own test images by classifiers trained
+# without D's labels ("unseen") and by ones trained on all of them ("seen") with the same number of training
+# images on average (a share (N - 1) / N of them for N lines or batches) and the same epochs, so each one's
+# difficulty is measured with it seen.
+# domain_shift KIND FLAG COUNT PREFIX NAMES: KIND is the metadata column (cell_line, batch), FLAG the cell stage's
+# option that holds one out, NAMES "all", "none" or a list; writes $OUT_DIR/domain_shift_KIND.md
+domain_shift() {
+  local kind=$1 flag=$2 count=$3 prefix=$4 names=$5 seen_fraction init name jsons=() subs
+  if [ "$names" = none ] || [ "$count" -lt 2 ]; then return 0; fi
+  if [ "$names" = all ]; then names=$(seq -f "$prefix%g" 0 $((count - 1))); fi
+  seen_fraction=$(awk -v n="$count" 'BEGIN { printf "%.4f", (n - 1) / n }')
   for init in random selfsup; do
-    LINE_SUBS+=(--submission "${init}_seen=$OUT_DIR/submissions/shift_${init}_seen.csv"
-      --submission "${init}_unseen=$OUT_DIR/submissions/shift_${init}_no_${line}.csv")
+    if stage "shift_${init}_seen_$kind"; then
+      cell_classifier "shift_${init}_seen_$kind" "$init" "$seen_fraction" "$seen_fraction"
+      finish "shift_${init}_seen_$kind"
+    fi
+    for name in $names; do
+      if stage "shift_${init}_no_$name"; then
+        cell_classifier "shift_${init}_no_$name" "$init" 1.0 "$seen_fraction" "$flag" "$name"
+        finish "shift_${init}_no_$name"
+      fi
+    done
   done
-  $PYTHON evaluate.py --truth_dir "$DATA_DIR/truth" --split_csv "$OUT_DIR/test_$line.csv" "${LINE_SUBS[@]}" \
-    --json "$OUT_DIR/shift_$line.json" | tail -n 1
-  SHIFT_JSONS+=("$line=$OUT_DIR/shift_$line.json")
-done
-$PYTHON scripts/domain_shift_table.py --data_dir "$DATA_DIR" "${SHIFT_JSONS[@]}" \
-  | tee "$OUT_DIR/domain_shift.md"
+  for name in $names; do
+    awk -F, -v col="$kind" -v name="$name" \
+      'NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; print $1; next } $2 == "test" && $c == name { print $1 }' \
+      "$DATA_DIR/metadata.csv" > "$OUT_DIR/test_$name.csv"
+    echo "== domain shift, test images of $name"
+    subs=()
+    for init in random selfsup; do
+      subs+=(--submission "${init}_seen=$OUT_DIR/submissions/shift_${init}_seen_$kind.csv"
+        --submission "${init}_unseen=$OUT_DIR/submissions/shift_${init}_no_$name.csv")
+    done
+    $PYTHON evaluate.py --truth_dir "$DATA_DIR/truth" --split_csv "$OUT_DIR/test_$name.csv" "${subs[@]}" \
+      --json "$OUT_DIR/shift_$name.json" | tail -n 1
+    jsons+=("$name=$OUT_DIR/shift_$name.json")
+  done
+  $PYTHON scripts/domain_shift_table.py --data_dir "$DATA_DIR" --column "$kind" "${jsons[@]}" \
+    | tee "$OUT_DIR/domain_shift_$kind.md"
+}
+domain_shift cell_line --exclude_cell_lines "$CELL_LINES" line "$SHIFT_LINES"
+domain_shift batch --exclude_batches "$BATCHES" batch "$SHIFT_BATCHES"

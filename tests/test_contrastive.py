@@ -117,13 +117,14 @@ def test_an_empty_split_and_a_foreign_checkpoint_are_refused(crop_store, tmp_pat
         pretrain_cells.main(args)
 
 
-def test_an_excluded_cell_line_is_neither_trained_nor_validated_on(crop_store, tiny_synthetic, tmp_path):
+def test_an_excluded_cell_line_or_batch_is_neither_trained_nor_validated_on(crop_store, tiny_synthetic, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(tiny_synthetic / "train.csv", data / "train.csv")
     ids = read_labels(data / "train.csv")["ID"].tolist()
     lines = [f"line{k % 3}" for k in range(len(ids))]
-    pd.DataFrame({"ID": ids, "split": "train", "cell_line": lines, "batch": "default"}).to_csv(
+    batches = [f"batch{k % 2}" for k in range(len(ids))]
+    pd.DataFrame({"ID": ids, "split": "train", "cell_line": lines, "batch": batches}).to_csv(
         data / "metadata.csv", index=False
     )
     full = CellCropDataModule(crop_store, data, num_workers=0)
@@ -132,11 +133,18 @@ def test_an_excluded_cell_line_is_neither_trained_nor_validated_on(crop_store, t
     for rows, full_rows in ((held.train_rows, full.train_rows), (held.val_rows, full.val_rows)):
         kept = set(held.index.loc[rows, "ID"])
         assert kept == set(full.index.loc[full_rows, "ID"]) - line1 and kept
+    both = CellCropDataModule(crop_store, data, num_workers=0, exclude_cell_lines=["line1"], exclude_batches=["batch0"])
+    batch0 = {image for image, batch in zip(ids, batches) if batch == "batch0"}
+    assert set(both.index.loc[both.train_rows, "ID"]) == set(full.index.loc[full.train_rows, "ID"]) - line1 - batch0
+    with pytest.raises(
+        ValueError, match=r"--exclude_batches \['batch2'\]: the batch column .* holds only \['batch0', 'batch1'\]"
+    ):
+        CellCropDataModule(crop_store, data, num_workers=0, exclude_batches=["batch2"])
     fewer = CellCropDataModule(crop_store, data, num_workers=0, exclude_cell_lines=["line1"], label_fraction=0.5)
     assert set(fewer.index.loc[fewer.train_rows, "ID"]) < set(held.index.loc[held.train_rows, "ID"])
     with pytest.raises(ValueError, match=r"--exclude_cell_lines \['line7'\].*'line0', 'line1', 'line2'"):
         CellCropDataModule(crop_store, data, num_workers=0, exclude_cell_lines=["line7"])
-    with pytest.raises(ValueError, match="leaves no training image"):
+    with pytest.raises(ValueError, match="leave no training image"):
         CellCropDataModule(crop_store, data, num_workers=0, exclude_cell_lines=["line0", "line1", "line2"])
     with pytest.raises(FileNotFoundError, match="--exclude_cell_lines needs .*metadata.csv"):
         CellCropDataModule(crop_store, tiny_synthetic, num_workers=0, exclude_cell_lines=["line1"])

@@ -41,6 +41,16 @@ def test_each_line_gets_its_drop_and_the_last_row_their_mean(tmp_path, capsys):
     table.main(table.parse_args(["--data_dir", str(tmp_path), *paths]))
     out = capsys.readouterr().out
     assert "| line0 | 2 | 1 | 0.500 | 0.300 | 0.200 |" in out and "smallest mean drop: selfsup" in out
+    assert out.startswith("| cell line | train images |")
+
+
+def test_batches_are_counted_by_their_column_and_a_tiny_negative_drop_prints_as_zero(tmp_path):
+    metadata = _metadata(tmp_path).assign(batch=["b0", "b1", "b0", "b0", "b1", "b1"])
+    report = {"random_seen": {"mAP": 0.5}, "random_unseen": {"mAP": 0.5002}}
+    inits, rows = table.shift_rows({"b1": report}, metadata, "batch")
+    assert rows[0][:3] == ["b1", 1, 2]
+    text = table.markdown(inits, rows, "batch")
+    assert text.startswith("| batch | train images |") and "| 0.000 |" in text and "-0.000" not in text
 
 
 def test_a_missing_unseen_result_is_named(tmp_path):

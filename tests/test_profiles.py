@@ -14,7 +14,13 @@ from src.crops.store import CropSpec, extract_split, read_index, read_mask_dir
 from src.data.io import read_labels
 from src.profiles.cell_truth import truth_cell_labels
 from src.profiles.embeddings import handcrafted_features
-from src.profiles.evaluation import bag_scores, image_profiles, label_bags, nearest_neighbour_accuracy
+from src.profiles.evaluation import (
+    bag_scores,
+    image_profiles,
+    label_bags,
+    nearest_neighbour_accuracy,
+    probe_shift_drops,
+)
 from src.viz.embeddings import plot_embeddings
 
 # two batches (the first axis is a batch effect) of one 'x' and one 'y' image each
@@ -50,6 +56,29 @@ def test_bag_scores_by_hand():
     assert scores["bag_macro_f1"] == pytest.approx(0.5)
     assert scores["bag_micro_f1"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 1))  # tp 1, fp 0, fn 1
     assert scores["bag_auc"] == pytest.approx(1.0)  # each class ranks its bag first
+
+
+def _two_domain_cells(domain_specific: bool):
+    """40 images of 5 cells, domain A (images 0-19) and B; each cell of class 0 or 1; test: images 30-39 and 10-19
+    (A and B) are scored, the rest train. The class lies in feature 0 for A and, when ``domain_specific``, in
+    feature 1 for B (else feature 0 too)."""
+    rng = np.random.default_rng(0)
+    image_ids = np.repeat(np.arange(40), 5)
+    domains = np.where(image_ids < 20, "A", "B")
+    classes = rng.integers(0, 2, len(image_ids))
+    features = rng.normal(0.0, 0.3, (len(image_ids), 2))
+    signal_column = np.where((domains == "B") & domain_specific, 1, 0)
+    features[np.arange(len(image_ids)), signal_column] += 2.0 * classes - 1.0
+    targets = np.stack([classes == 0, classes == 1], axis=1).astype(np.float32)
+    test = ((image_ids >= 10) & (image_ids < 20)) | (image_ids >= 30)
+    return features, targets, image_ids, domains, ~test, test
+
+
+def test_a_probe_loses_only_on_a_domain_whose_features_differ_when_it_is_unseen():
+    drops = probe_shift_drops(*_two_domain_cells(domain_specific=True))
+    assert set(drops) == {"A", "B"} and min(drops.values()) > 0.3  # unseen: the class lies in an unused feature
+    drops = probe_shift_drops(*_two_domain_cells(domain_specific=False))
+    assert max(abs(v) for v in drops.values()) < 0.02  # the same feature in both: nothing to lose
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +126,8 @@ def test_cli_scores_each_model_and_reuses_saved_embeddings(store, tiny_synthetic
     evaluate_profiles.main(evaluate_profiles.parse_args(argv))
     assert (tmp_path / "hand.npz").stat().st_mtime_ns == saved
     assert json.loads((tmp_path / "profiles.json").read_text()) == results
+    with pytest.raises(FileNotFoundError, match="--shift_column needs .*metadata.csv"):
+        evaluate_profiles.main(evaluate_profiles.parse_args([*argv, "--shift_column", "cell_line"]))
 
 
 def test_picture_is_written(tmp_path):

@@ -62,21 +62,26 @@ class CropStoreDataModule(pl.LightningDataModule):
         )
 
 
-def line_images(data_dir: str | os.PathLike, cell_lines: Sequence[str]) -> set[str]:
-    """IDs of the images of ``cell_lines`` (none: an empty set, no metadata read).
+EXCLUDE_FLAGS = {"cell_line": "--exclude_cell_lines", "batch": "--exclude_batches"}  # metadata column -> option
+
+
+def domain_images(data_dir: str | os.PathLike, column: str, names: Sequence[str]) -> set[str]:
+    """IDs of the images whose ``column`` of ``metadata.csv`` (``cell_line`` or ``batch``) is one of ``names``
+    (none: an empty set, no metadata read).
 
     Raises:
         FileNotFoundError: no ``metadata.csv``.
-        ValueError: a name that is not a cell line of the metadata (the known ones listed).
+        ValueError: a name the metadata does not have (the known ones listed).
     """
-    if not cell_lines:
+    if not names:
         return set()
-    metadata = read_metadata(data_dir, "--exclude_cell_lines")
-    unknown = sorted(set(cell_lines) - set(metadata["cell_line"]))
+    flag = EXCLUDE_FLAGS[column]
+    metadata = read_metadata(data_dir, flag)
+    unknown = sorted(set(names) - set(metadata[column]))
     if unknown:
-        known = sorted(set(metadata["cell_line"]))
-        raise ValueError(f"--exclude_cell_lines {unknown}: not in {data_dir}/metadata.csv, whose lines are {known}")
-    return set(metadata.loc[metadata["cell_line"].isin(cell_lines), "ID"])
+        known = sorted(set(metadata[column]))
+        raise ValueError(f"{flag} {unknown}: the {column} column of {data_dir}/metadata.csv holds only {known}")
+    return set(metadata.loc[metadata[column].isin(names), "ID"])
 
 
 class CellCropDataModule(CropStoreDataModule):
@@ -96,6 +101,7 @@ class CellCropDataModule(CropStoreDataModule):
         label_fraction: share of the training images whose cells are used (1: all).
         exclude_cell_lines: cell lines (names in ``metadata.csv``) whose images are neither trained nor validated
             on: a line held out of the labels, for a domain-shift test on the same test images.
+        exclude_batches: the same for acquisition batches.
     """
 
     def __init__(
@@ -113,6 +119,7 @@ class CellCropDataModule(CropStoreDataModule):
         seed: int = 0,
         label_fraction: float = 1.0,
         exclude_cell_lines: Sequence[str] = (),
+        exclude_batches: Sequence[str] = (),
     ):
         super().__init__(crop_dir, num_workers)
         self.split = "train"
@@ -137,9 +144,15 @@ class CellCropDataModule(CropStoreDataModule):
         if not 0.0 < label_fraction <= 1.0:
             raise ValueError(f"--label_fraction must lie in (0, 1], got {label_fraction}")
         self.label_fraction = label_fraction
-        self.kept = ~self.index["ID"].isin(line_images(data_dir, exclude_cell_lines)).to_numpy()
+        excluded = domain_images(data_dir, "cell_line", exclude_cell_lines) | domain_images(
+            data_dir, "batch", exclude_batches
+        )
+        self.kept = ~self.index["ID"].isin(excluded).to_numpy()
         if not self.train_rows.any():
-            raise ValueError(f"--exclude_cell_lines {list(exclude_cell_lines)} leaves no training image")
+            raise ValueError(
+                f"--exclude_cell_lines {list(exclude_cell_lines)} and --exclude_batches {list(exclude_batches)} "
+                "leave no training image"
+            )
         self.train_set: CellCropDataset | None = None
         self.val_set: CellCropDataset | None = None
 

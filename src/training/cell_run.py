@@ -49,6 +49,12 @@ def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LINE[,LINE]",
         help="neither train nor validate on the images of these cell lines (names in the data's metadata.csv)",
     )
+    cell.add_argument(
+        "--exclude_batches",
+        default="",
+        metavar="BATCH[,BATCH]",
+        help="neither train nor validate on the images of these acquisition batches (names in metadata.csv)",
+    )
 
 
 def build_cell_run(args: argparse.Namespace, callbacks: Sequence[Callback] = ()) -> TrainingRun:
@@ -78,6 +84,7 @@ def build_cell_run(args: argparse.Namespace, callbacks: Sequence[Callback] = ())
         seed=args.seed,
         label_fraction=args.label_fraction,
         exclude_cell_lines=[name for name in args.exclude_cell_lines.split(",") if name],
+        exclude_batches=[name for name in args.exclude_batches.split(",") if name],
     )
     args.num_classes = NUM_CLASSES
     datamodule.record_crop_format(args)
