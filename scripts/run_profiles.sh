@@ -30,6 +30,7 @@ EPOCHS_PRE=${EPOCHS_PRE:-90}  # 461 s on 2 cores (README)
 PRE_BATCH=${PRE_BATCH:-256}
 PRE_LR=${PRE_LR:-0.05}       # SGD; SIFLoc's 0.003 is for batch 32 and 100 epochs
 POSITIVES=${POSITIVES:-image}  # SIFLoc's same-image pairs (chosen on validation fold 0, README)
+TEMPERATURE=${TEMPERATURE:-0.2}  # NT-Xent; SIFLoc's 0.1 gained less on validation fold 0 (README)
 EPOCHS_CELL=${EPOCHS_CELL:-10}  # with all labels; a share F of the labels trains EPOCHS_CELL / F epochs (same steps)
 EPOCHS_IMAGE=${EPOCHS_IMAGE:-3}
 LABEL_FRACTIONS=${LABEL_FRACTIONS:-"0.1 1.0"}
@@ -56,7 +57,7 @@ if stage crops; then
   finish crops
 fi
 if stage pretrain; then
-  $PYTHON pretrain_cells.py --crop_dir "$CROPS" --splits train,test --positives "$POSITIVES" \
+  $PYTHON pretrain_cells.py --crop_dir "$CROPS" --splits train,test --positives "$POSITIVES" --temperature "$TEMPERATURE" \
     --timm_model_name "$TIMM" --timm_kwargs "$TIMM_KWARGS" --batch_size "$PRE_BATCH" --lr "$PRE_LR" \
     --max_epochs "$EPOCHS_PRE" --num_workers "$NUM_WORKERS" --accelerator "$ACCELERATOR" \
     --default_root_dir "$OUT_DIR/pretrain"
