@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -65,23 +65,28 @@ class CropStoreDataModule(pl.LightningDataModule):
 EXCLUDE_FLAGS = {"cell_line": "--exclude_cell_lines", "batch": "--exclude_batches"}  # metadata column -> option
 
 
-def domain_images(data_dir: str | os.PathLike, column: str, names: Sequence[str]) -> set[str]:
-    """IDs of the images whose ``column`` of ``metadata.csv`` (``cell_line`` or ``batch``) is one of ``names``
-    (none: an empty set, no metadata read).
+def domain_images(data_dir: str | os.PathLike, names: Mapping[str, Sequence[str]]) -> set[str]:
+    """IDs of the images whose ``metadata.csv`` value in a column (``cell_line``, ``batch``) is one of that
+    column's ``names``; the file is read once, and not at all when every list is empty.
 
     Raises:
         FileNotFoundError: no ``metadata.csv``.
         ValueError: a name the metadata does not have (the known ones listed).
     """
-    if not names:
+    wanted = {column: listed for column, listed in names.items() if listed}
+    if not wanted:
         return set()
-    flag = EXCLUDE_FLAGS[column]
-    metadata = read_metadata(data_dir, flag)
-    unknown = sorted(set(names) - set(metadata[column]))
-    if unknown:
-        known = sorted(set(metadata[column]))
-        raise ValueError(f"{flag} {unknown}: the {column} column of {data_dir}/metadata.csv holds only {known}")
-    return set(metadata.loc[metadata[column].isin(names), "ID"])
+    metadata = read_metadata(data_dir, " and ".join(EXCLUDE_FLAGS[column] for column in wanted))
+    images = set()
+    for column, listed in wanted.items():
+        unknown = sorted(set(listed) - set(metadata[column]))
+        if unknown:
+            known = sorted(set(metadata[column]))
+            raise ValueError(
+                f"{EXCLUDE_FLAGS[column]} {unknown}: the {column} column of {data_dir}/metadata.csv holds only {known}"
+            )
+        images |= set(metadata.loc[metadata[column].isin(listed), "ID"])
+    return images
 
 
 class CellCropDataModule(CropStoreDataModule):
@@ -144,9 +149,7 @@ class CellCropDataModule(CropStoreDataModule):
         if not 0.0 < label_fraction <= 1.0:
             raise ValueError(f"--label_fraction must lie in (0, 1], got {label_fraction}")
         self.label_fraction = label_fraction
-        excluded = domain_images(data_dir, "cell_line", exclude_cell_lines) | domain_images(
-            data_dir, "batch", exclude_batches
-        )
+        excluded = domain_images(data_dir, {"cell_line": exclude_cell_lines, "batch": exclude_batches})
         self.kept = ~self.index["ID"].isin(excluded).to_numpy()
         if not self.train_rows.any():
             raise ValueError(
