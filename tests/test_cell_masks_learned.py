@@ -15,6 +15,8 @@ from src.cell_masks.cache import MaskCache, MaskCacheMismatchError
 from src.cell_masks.learned import (
     LearnedParams,
     LearnedSegmenter,
+    _tile_weight,
+    augmented_maps,
     cells_from_maps,
     network_input,
     nuclei_from_maps,
@@ -178,6 +180,43 @@ def test_images_larger_than_a_tile_are_tiled() -> None:
     assert maps.shape == (6, 150, 230)
     np.testing.assert_allclose(maps[:3].sum(0), 1.0, atol=1e-5)
     np.testing.assert_allclose(maps[3:].sum(0), 1.0, atol=1e-5)
+
+
+def test_tiles_weigh_most_at_their_centres_and_a_single_tile_is_the_network_output() -> None:
+    weight = _tile_weight(64, 96, overlap=16)
+    assert weight.min() > 0 and weight[32, 48] == 1.0 and weight[0, 0] < weight[8, 8] < weight[16, 16] == 1.0
+    torch.manual_seed(0)
+    network = build_network(TINY).eval()
+    image = np.random.default_rng(1).random((2, 64, 96)).astype(np.float32)
+    with torch.inference_mode():
+        logits = network(torch.from_numpy(image[None]))[0]
+    expected = torch.cat([logits[:3].softmax(0), logits[3:].softmax(0)]).numpy()
+    np.testing.assert_allclose(predict_maps(network, image, tile_size=128, overlap=16), expected, atol=1e-5)
+
+
+def test_test_time_augmentation_keeps_the_working_shape_and_flipping_is_mirror_symmetric() -> None:
+    torch.manual_seed(0)
+    network = build_network(TINY).eval()
+    rng = np.random.default_rng(2)
+    blue, cytoplasm = rng.random((90, 70)).astype(np.float32), rng.random((90, 70)).astype(np.float32)
+    params = LearnedParams(tta_scales=[0.75, 1, 1.5], tta_flip=True)
+    maps = augmented_maps(network, blue, cytoplasm, (60, 46), params)
+    assert maps.shape == (6, 60, 46)
+    np.testing.assert_allclose(maps[:3].sum(0), 1.0, atol=1e-4)
+    mirrored = augmented_maps(network, blue[:, ::-1], cytoplasm[:, ::-1], (60, 46), params)
+    np.testing.assert_allclose(mirrored[:, :, ::-1], maps, atol=1e-4)  # a flip average cannot prefer a side
+    plain = augmented_maps(network, blue, cytoplasm, (60, 46), LearnedParams(tta_scales=[1.0]))
+    assert np.abs(plain - maps).max() > 1e-3  # the augmentations change the maps
+
+
+def test_test_time_augmentation_settings_are_checked() -> None:
+    assert LearnedParams(tta_scales=[0.7, 1, 1.4]).tta_scales == (0.7, 1.0, 1.4)  # a YAML list becomes a tuple
+    assert LearnedParams(tta_scales=1.25).tta_scales == (1.25,)
+    for bad in ([], [0.1], [1.0, "big"], [5]):
+        with pytest.raises(ValueError, match="tta_scales"):
+            LearnedParams(tta_scales=bad)
+    with pytest.raises(ValueError, match="tta_flip"):
+        LearnedParams(tta_flip="yes")
 
 
 def test_cache_refuses_a_folder_made_with_other_weights(tmp_path: Path) -> None:

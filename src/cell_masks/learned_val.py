@@ -1,8 +1,9 @@
 """Held-out images of the learned backend's training: which images stay out, and how a network scores on them.
 
 A share of the real nuclei images and of the synthetic ones (``val_fraction``, drawn with the seed) is never
-trained on. Every ``val_every`` steps the network is scored on them exactly as inference post-processes its maps,
-at the working scale: nucleus F1 at IoU 0.5 on the real images (the DSB2018 measure of the quality benchmark) and
+trained on. Every ``val_every`` steps the network is scored on them as inference post-processes its maps, at the
+working scale and without the test-time augmentation (``tta_scales``, ``tta_flip``; it would triple the time):
+nucleus F1 at IoU 0.5 on the real images (the DSB2018 measure of the quality benchmark) and
 cell F1 at IoU 0.6 on the synthetic ones. Training keeps the weights of the best score (the mean of the two, or the
 one there is) and can stop when it no longer improves. The held-out DSB2018 test images never take part.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -20,6 +22,8 @@ from src.cell_masks.learned import LearnedParams, cells_from_maps, network_input
 from src.cell_masks.learned_data import TrainImage
 from src.cell_masks.learned_net import NUM_CLASSES
 from src.cell_masks.quality import f1_score, match_instances
+
+T = TypeVar("T")
 
 NUCLEUS_IOU = 0.5  # DSB2018's F1 threshold
 CELL_IOU = 0.6  # the competition's cell IoU
@@ -35,11 +39,10 @@ class HeldOutImage:
     cells: np.ndarray | None
 
 
-def split_held_out(
-    images: Sequence[TrainImage], fraction: float, seed: int
-) -> tuple[list[TrainImage], list[TrainImage]]:
+def split_held_out(images: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
     """(training images, held-out images): ``fraction`` of them held out (at least one when the fraction is above 0
-    and there are two or more), drawn with ``seed``; ValueError for a fraction outside [0, 1)."""
+    and there are two or more), drawn with ``seed``; ValueError for a fraction outside [0, 1). The draw depends
+    only on the number of images, so the same list of file names gives the same split (tune_learned_masks.py)."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"--val_fraction must lie in [0, 1), got {fraction}")
     if fraction == 0.0 or len(images) < 2:
