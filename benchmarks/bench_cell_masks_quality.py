@@ -105,6 +105,11 @@ class Tally:
         )
 
 
+def learned_overrides(text: str) -> dict:
+    """``LearnedParams`` overrides from ``--learned_params``: a YAML mapping, or a YAML file holding one."""
+    return yaml.safe_load(Path(text).read_text() if Path(text).is_file() else text) or {}
+
+
 def methods(args: argparse.Namespace) -> list[tuple[str, Callable, Callable]]:
     """(row name, nuclei function (H, W) -> labels, cells function RGBY -> cell labels) per backend variant."""
     params = ClassicalParams()
@@ -119,8 +124,7 @@ def methods(args: argparse.Namespace) -> list[tuple[str, Callable, Callable]]:
         if not args.weights.is_file():
             print(f"| learned | skipped: no weights at {args.weights} (train_cell_segmenter.py) | | | | | |")
         else:
-            text = args.learned_params
-            overrides = yaml.safe_load(Path(text).read_text() if Path(text).is_file() else text) or {}
+            overrides = learned_overrides(args.learned_params)
             learned = LearnedSegmenter(args.weights, **overrides)
             mixed = LearnedSegmenter(args.weights, **{**overrides, "cells": "classical"})
             rows.append(("learned", learned.nuclei, lambda rgby: learned(rgby)[1]))

@@ -37,7 +37,9 @@ from pathlib import Path
 import cv2
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from bench_cell_masks_quality import learned_overrides  # noqa: E402
 
 from src.cell_masks.cache import write_masks  # noqa: E402
 from src.cell_masks.classical import segment_classical  # noqa: E402
@@ -55,32 +57,36 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backend", default="classical", choices=("classical", "learned", "hpacellseg"))
     parser.add_argument("--weights", type=Path, default=ROOT / DEFAULT_WEIGHTS, help="learned: weight file")
     parser.add_argument(
+        "--learned_params", default="{}", help="learned: LearnedParams overrides, YAML mapping or file (tta_scales...)"
+    )
+    parser.add_argument(
         "--vendor_dir", type=Path, default=Path("../shared/vendor"), help="hpacellseg: folder of the two archives"
     )
     parser.add_argument("--device", default="cpu", help="hpacellseg: torch device")
     return parser.parse_args()
 
 
-_SEGMENTERS: dict[tuple[str, str], Callable] = {}
+_SEGMENTERS: dict[tuple[str, str, str], Callable] = {}
 
 
-def segmenter_for(backend: str, weights: str) -> Callable:
+def segmenter_for(backend: str, weights: str, learned_params: str = "{}") -> Callable:
     """The segmenter of ``backend`` (classical or learned), built once per process, single-threaded."""
-    if (backend, weights) not in _SEGMENTERS:
+    key = (backend, weights, learned_params)
+    if key not in _SEGMENTERS:
         cv2.setNumThreads(1)
         if backend == "learned":
             import torch
 
             torch.set_num_threads(1)
-            _SEGMENTERS[backend, weights] = get_segmenter("learned", weights=weights)
+            _SEGMENTERS[key] = get_segmenter("learned", weights=weights, **learned_overrides(learned_params))
         else:
-            _SEGMENTERS[backend, weights] = segment_classical
-    return _SEGMENTERS[backend, weights]
+            _SEGMENTERS[key] = segment_classical
+    return _SEGMENTERS[key]
 
 
-def one_image(hpa_dir: str, image_id: str, backend: str = "classical", weights: str = "") -> float:
+def one_image(hpa_dir: str, image_id: str, backend: str = "classical", weights: str = "", learned: str = "{}") -> float:
     """Decode and segment one image in a single thread; returns seconds."""
-    segment = segmenter_for(backend, weights)
+    segment = segmenter_for(backend, weights, learned)
     start = time.perf_counter()
     segment(read_rgby(hpa_dir, image_id, split=""))
     return time.perf_counter() - start
@@ -100,9 +106,9 @@ def main(args: argparse.Namespace) -> None:
 
 def bench_classical(args: argparse.Namespace, hpa_ids: list[str]) -> None:
     """Classical or learned backend: one core, then 1..max_workers processes."""
-    backend, weights = args.backend, str(args.weights)
-    segmenter = segmenter_for(backend, weights)
-    one_image(str(args.hpa_dir), hpa_ids[0], backend, weights)  # warm-up (imports, caches)
+    backend, weights, learned = args.backend, str(args.weights), args.learned_params
+    segmenter = segmenter_for(backend, weights, learned)
+    one_image(str(args.hpa_dir), hpa_ids[0], backend, weights, learned)  # warm-up (imports, caches)
     decode, segment, write = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
@@ -129,11 +135,12 @@ def bench_classical(args: argparse.Namespace, hpa_ids: list[str]) -> None:
     throughput = {}
     for workers in range(1, args.max_workers + 1):
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            warm = [[str(args.hpa_dir)] * workers, hpa_ids[:1] * workers, [backend] * workers, [weights] * workers]
+            warm = [[str(args.hpa_dir)] * workers, hpa_ids[:1] * workers, [backend] * workers, [weights] * workers,
+                    [learned] * workers]  # fmt: skip
             list(pool.map(one_image, *warm))  # start and warm workers
             start = time.perf_counter()
             list(pool.map(one_image, [str(args.hpa_dir)] * len(tasks), tasks, [backend] * len(tasks),
-                          [weights] * len(tasks)))  # fmt: skip
+                          [weights] * len(tasks), [learned] * len(tasks)))  # fmt: skip
             elapsed = time.perf_counter() - start
         throughput[workers] = len(tasks) / elapsed
         print(f"  {workers} worker(s): {throughput[workers]:.2f} images/s ({elapsed:.1f} s for {len(tasks)} images)")

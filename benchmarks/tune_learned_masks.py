@@ -8,6 +8,15 @@
     python benchmarks/bench_cell_masks_quality.py --weights outputs/gpu_checks/cell_segmenter.pt \\
         --learned_params outputs/learned_params.yaml --synthetic_dir /tmp/synth_cells    # held-out check
 
+With ``--dsb_held_out`` the nuclei are the images of the DSB2018 folder that the weights held out of their training
+(their ``--val_fraction`` and ``--seed``, recomputed from the sorted file names; the folder must be the one they
+trained on): tuning then scores images the network never saw, as the quality benchmark's held-out sets are.
+``--fixed`` sets fields for every grid point, for example the test-time augmentation::
+
+    python benchmarks/tune_learned_masks.py --weights outputs/gpu_run2/cell_segmenter.pt \
+        --dsb_dir ../shared/data/dsb2018_stage1_train_fluo --dsb_held_out --fixed "{tta_scales: [0.7, 1, 1.4]}" \
+        --foreground_threshold 0.5,0.6,0.7 --seed_h 0.03,0.05,0.08 --out outputs/learned_params.yaml
+
 Tuning sets: the first --dsb_limit images of a ``dsb2018_stage1_train_fluo``-style folder (``images/{id}.png``,
 ``label_masks/{id}.png``; nucleus F1 at IoU >= 0.5) and the train split of a synthetic benchmark (cell F1 at
 IoU >= 0.6), scored as bench_cell_masks_quality.py does (pooled F1). Keep the held-out sets of that benchmark
@@ -37,6 +46,8 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from bench_cell_masks_quality import Tally  # noqa: E402
 
 from src.cell_masks.learned import LearnedParams, LearnedSegmenter  # noqa: E402
+from src.cell_masks.learned_net import load_weights  # noqa: E402
+from src.cell_masks.learned_val import split_held_out  # noqa: E402
 from src.cell_masks.quality import f1_score  # noqa: E402
 from src.data.atomic import write_text_atomic  # noqa: E402
 from src.data.io import read_rgby  # noqa: E402
@@ -49,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", type=Path, required=True, help="learned backend weight file")
     parser.add_argument("--dsb_dir", type=Path, default=None, help="images/ + label_masks/ (nuclei truth)")
     parser.add_argument("--dsb_limit", type=int, default=80, help="first N images of --dsb_dir (sorted by ID)")
+    parser.add_argument(
+        "--dsb_held_out",
+        action="store_true",
+        help="instead of the first --dsb_limit: the --dsb_dir images the weights held out of training",
+    )
+    parser.add_argument("--fixed", default="{}", help="LearnedParams fields set at every grid point (YAML mapping)")
     parser.add_argument("--synthetic_dir", type=Path, default=None, help="make_synthetic_data.py output (train split)")
     parser.add_argument("--out", type=Path, required=True, help="YAML file for the best setting")
     parser.add_argument("--top", type=int, default=20, help="rows of the table to print")
@@ -58,6 +75,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.dsb_dir is None and args.synthetic_dir is None:
         parser.error("give --dsb_dir, --synthetic_dir or both")
+    if args.dsb_held_out and args.dsb_dir is None:
+        parser.error("--dsb_held_out needs --dsb_dir")
+    fixed = yaml.safe_load(args.fixed)
+    if not isinstance(fixed, dict) or set(fixed) & set(GRID_FIELDS):
+        parser.error(
+            f"--fixed {args.fixed!r}: expected a YAML mapping of fields outside the grid ({', '.join(GRID_FIELDS)})"
+        )
+    args.fixed = fixed
     return args
 
 
@@ -69,16 +94,40 @@ class CachedSegmenter(LearnedSegmenter):
         self._cache: dict[bytes, object] = {}
 
     def _maps(self, blue: np.ndarray, cytoplasm: np.ndarray | None):
-        key = hashlib.blake2b(blue.tobytes() + (b"" if cytoplasm is None else cytoplasm.tobytes())).digest()
+        augment = repr((self.config.tta_scales, self.config.tta_flip, self.config.tile_size, self.config.tile_overlap))
+        image = blue.tobytes() + (b"" if cytoplasm is None else cytoplasm.tobytes())
+        key = hashlib.blake2b(image + augment.encode()).digest()
         if key not in self._cache:
             self._cache[key] = super()._maps(blue, cytoplasm)
         return self._cache[key]
 
 
-def read_dsb_folder(folder: Path, limit: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(gray image, int32 labels) of the first ``limit`` images, read as the quality benchmark reads DSB2018."""
-    samples = []
-    for path in sorted((folder / "images").glob("*.png"))[:limit]:
+def held_out_paths(paths: list[Path], weights: Path) -> list[Path]:
+    """The images of ``paths`` (sorted, the training folder's) that ``weights`` held out of training.
+
+    Raises:
+        SystemExit: the weights record no held-out images, or the folder holds another number of images than the
+            one they trained on.
+    """
+    trained = load_weights(weights)[2].get("train_params") or {}
+    count = int(trained.get("real_images", 0)) + int(trained.get("real_held_out", 0))
+    if not trained.get("real_held_out"):
+        raise SystemExit(
+            f"--dsb_held_out: {weights} records no held-out DSB2018 images (trained with --val_fraction 0?)"
+        )
+    limited = paths[: trained.get("dsb_limit")]
+    if len(limited) != count:
+        raise SystemExit(
+            f"--dsb_held_out: {weights} trained on {count} DSB2018 images, the folder gives {len(limited)}"
+        )
+    return split_held_out(limited, float(trained["val_fraction"]), int(trained["seed"]))[1]
+
+
+def read_dsb_folder(folder: Path, limit: int, held_out_of: Path | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(gray image, int32 labels) of the first ``limit`` images (or those ``held_out_of`` held out of training), read
+    as the quality benchmark reads DSB2018."""
+    paths, samples = sorted((folder / "images").glob("*.png")), []
+    for path in held_out_paths(paths, held_out_of) if held_out_of else paths[:limit]:
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         gray = image[..., :3].max(axis=-1) if image.ndim == 3 else image
         labels = cv2.imread(str(folder / "label_masks" / path.name), cv2.IMREAD_UNCHANGED).astype(np.int32)
@@ -103,13 +152,14 @@ def read_synthetic_train(data_dir: Path) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def tune(args: argparse.Namespace) -> list[dict]:
     """Score every grid point; rows (setting, F1s, score) best first. Writes the best setting to ``args.out``."""
-    dsb = read_dsb_folder(args.dsb_dir, args.dsb_limit) if args.dsb_dir else []
+    held_out_of = args.weights if args.dsb_held_out else None
+    dsb = read_dsb_folder(args.dsb_dir, args.dsb_limit, held_out_of) if args.dsb_dir else []
     synthetic = read_synthetic_train(args.synthetic_dir) if args.synthetic_dir else []
     segmenter = CachedSegmenter(args.weights)
     values = [[float(v) for v in str(getattr(args, name)).split(",")] for name in GRID_FIELDS]
     rows = []
     for point in itertools.product(*values):
-        setting = dict(zip(GRID_FIELDS, point, strict=True))
+        setting = {**args.fixed, **dict(zip(GRID_FIELDS, point, strict=True))}
         segmenter.config = LearnedParams(**setting)
         start, scores = time.perf_counter(), {}
         if dsb:
