@@ -29,7 +29,7 @@ from src.cell_masks.learned_val import HeldOut, held_out_scores, prepare_held_ou
 from src.cell_masks.segment import get_segmenter
 from src.config.device import resolve_device
 from src.data.io import read_rgby
-from tests.conftest import run_script
+from tests.conftest import load_script, run_script
 
 TINY = NetworkConfig("mobilenetv3_small_100", 5, (16, 16, 16, 8, 8))
 
@@ -293,3 +293,14 @@ def test_foreground_everywhere_gives_finite_labels() -> None:
     maps = np.stack([np.full((64, 96), value, np.float32) for value in (0.2, 0.6, 0.2)])
     labels = nuclei_from_maps(maps, LearnedParams(), diameter=24.0)
     assert labels.shape == (64, 96) and labels.max() >= 1
+
+
+def test_the_nuclei_picture_marks_a_match_only_at_iou_one_half_or_more() -> None:
+    plot = load_script("scripts/plot_learned_nuclei.py")
+    truth = two_touching_discs()
+    pred = np.zeros_like(truth)
+    pred[truth == 1] = 3  # the first disc found whole
+    pred[(truth == 2) & (np.arange(64)[None, :] >= 48)] = 5  # a sliver of the second
+    pred_ok, truth_ok = plot.matched(pred, truth)
+    assert pred_ok.tolist() == [False, False, False, True, False, False]
+    assert truth_ok.tolist() == [False, True, False]
