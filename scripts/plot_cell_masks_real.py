@@ -10,19 +10,15 @@ import sys
 from pathlib import Path
 
 import cv2
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from skimage.segmentation import find_boundaries  # noqa: E402
+import numpy as np
+from skimage.segmentation import find_boundaries
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.cell_masks.classical import segment_classical  # noqa: E402
 from src.cell_masks.quality import f1_score, match_instances  # noqa: E402
-from src.data.atomic import atomic_path  # noqa: E402
 from src.data.io import read_rgby  # noqa: E402
+from src.viz.panels import save_panels  # noqa: E402
 from src.viz.render import rgby_to_display  # noqa: E402
 
 
@@ -56,22 +52,14 @@ def main(args: argparse.Namespace) -> None:
     tp, fp, fn, mean_iou = match_instances(cell_mask, reference, 0.6)
     small = cv2.resize(rgby, (args.side, args.side), interpolation=cv2.INTER_AREA)
     rgb = rgby_to_display(small)
-    figure, axes = plt.subplots(1, 2, figsize=(14, 7.4), dpi=100)
     panels = (
         (overlay(rgb, cell_mask, nuclei_mask, args.side),
          f"classical (no weights): {int(cell_mask.max())} cells\nF1@IoU0.6 vs hpacellseg {f1_score(tp, fp, fn):.2f}, "
          f"mean IoU {mean_iou:.2f}"),
         (overlay(rgb, reference, None, args.side), f"hpacellseg DPN-UNets (reference): {len(np.unique(reference)) - 1} cells\nmodel output, not hand-drawn truth"),
     )  # fmt: skip
-    for axis, (image, title) in zip(axes, panels):
-        axis.imshow(image)
-        axis.set_title(title, fontsize=12)
-        axis.axis("off")
-    figure.suptitle(f"HPA image {args.image_id}: cell (white) and nucleus (magenta) outlines", fontsize=13)
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.86, wspace=0.02)
-    with atomic_path(args.out) as tmp:
-        figure.savefig(tmp)
-    plt.close(figure)
+    title = f"HPA image {args.image_id}: cell (white) and nucleus (magenta) outlines"
+    save_panels(panels, title, args.out, figsize=(14, 7.4))
     print(f"wrote {args.out}: F1 {f1_score(tp, fp, fn):.3f} (tp {tp}, fp {fp}, fn {fn}), mean IoU {mean_iou:.3f}")
 
 

@@ -14,12 +14,8 @@ import sys
 from pathlib import Path
 
 import cv2
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from skimage.segmentation import find_boundaries  # noqa: E402
+import numpy as np
+from skimage.segmentation import find_boundaries
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
@@ -29,7 +25,7 @@ from bench_cell_masks_quality import read_dsb  # noqa: E402
 from src.cell_masks.learned import LearnedSegmenter  # noqa: E402
 from src.cell_masks.learned_net import DEFAULT_WEIGHTS  # noqa: E402
 from src.cell_masks.quality import f1_score, iou_matrix, match_instances  # noqa: E402
-from src.data.atomic import atomic_path  # noqa: E402
+from src.viz.panels import save_panels  # noqa: E402
 
 MATCH_IOU = 0.5
 GREEN, RED, YELLOW = (0, 220, 0), (255, 40, 40), (255, 220, 0)
@@ -97,19 +93,8 @@ def main(args: argparse.Namespace) -> None:
         )
     truth_panel = outlined(gray[crop], truth[crop], ~missed, True, scale)
     panels.insert(0, (truth_panel, f"truth: {int(truth.max())} nuclei (red: missed by either)"))
-    figure, axes = plt.subplots(1, 3, figsize=(15, 5.6), dpi=100)
-    for axis, (image, title) in zip(axes, panels, strict=True):
-        axis.imshow(image)
-        axis.set_title(title, fontsize=12)
-        axis.axis("off")
-    figure.suptitle(
-        f"DSB2018 test image {image_id[:12]}, top-left {args.crop} px: green matched (IoU >= 0.5), red not",
-        fontsize=13,
-    )
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.88, wspace=0.02)
-    with atomic_path(args.out) as tmp:
-        figure.savefig(tmp)
-    plt.close(figure)
+    title = f"DSB2018 test image {image_id[:12]}, top-left {args.crop} px: green matched (IoU >= 0.5), red not"
+    save_panels(panels, title, args.out, figsize=(15, 5.6), top=0.88)
     print(f"wrote {args.out} ({image_id})")
 
 
