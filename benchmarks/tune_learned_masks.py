@@ -13,8 +13,8 @@ With ``--dsb_held_out`` the nuclei are the images of the DSB2018 folder that the
 trained on): tuning then scores images the network never saw, as the quality benchmark's held-out sets are.
 ``--fixed`` sets fields for every grid point, for example the test-time augmentation::
 
-    python benchmarks/tune_learned_masks.py --weights outputs/gpu_run2/cell_segmenter.pt \
-        --dsb_dir ../shared/data/dsb2018_stage1_train_fluo --dsb_held_out --fixed "{tta_scales: [0.7, 1, 1.4]}" \
+    python benchmarks/tune_learned_masks.py --weights outputs/gpu_run2/cell_segmenter.pt \\
+        --dsb_dir ../shared/data/dsb2018_stage1_train_fluo --dsb_held_out --fixed "{tta_scales: [0.7, 1, 1.4]}" \\
         --foreground_threshold 0.5,0.6,0.7 --seed_h 0.03,0.05,0.08 --out outputs/learned_params.yaml
 
 Tuning sets: the first --dsb_limit images of a ``dsb2018_stage1_train_fluo``-style folder (``images/{id}.png``,
@@ -78,10 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.dsb_held_out and args.dsb_dir is None:
         parser.error("--dsb_held_out needs --dsb_dir")
     fixed = yaml.safe_load(args.fixed)
-    if not isinstance(fixed, dict) or set(fixed) & set(GRID_FIELDS):
-        parser.error(
-            f"--fixed {args.fixed!r}: expected a YAML mapping of fields outside the grid ({', '.join(GRID_FIELDS)})"
-        )
+    fields = set(LearnedParams.__dataclass_fields__) - set(GRID_FIELDS)
+    if not isinstance(fixed, dict) or not set(fixed) <= fields:
+        parser.error(f"--fixed {args.fixed!r}: expected a YAML mapping of fields outside the grid: {sorted(fields)}")
     args.fixed = fixed
     return args
 

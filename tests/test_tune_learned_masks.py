@@ -76,5 +76,6 @@ def test_held_out_tuning_reads_the_images_the_weights_never_trained_on(tiny_synt
         tuner.held_out_paths(paths[:7], weights)
     with pytest.raises(SystemExit, match="records no held-out"):
         tuner.held_out_paths(paths, random_weights(tmp_path / "r.pt"))
-    with pytest.raises(SystemExit):
-        tuner.parse_args(["--weights", str(weights), "--dsb_dir", str(dsb), "--fixed", "{seed_h: 0.1}", "--out", "x"])
+    for fixed in ("{seed_h: 0.1}", "{tta_scale: [1]}", "[1]"):  # a grid field, a typo, not a mapping
+        with pytest.raises(SystemExit):
+            tuner.parse_args(["--weights", str(weights), "--dsb_dir", str(dsb), "--fixed", fixed, "--out", "x"])
