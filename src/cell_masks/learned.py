@@ -194,6 +194,7 @@ def augmented_maps(
     cytoplasm: np.ndarray | None,
     shape: tuple[int, int],
     params: LearnedParams,
+    working_input: np.ndarray | None = None,
 ) -> np.ndarray:
     """(6, rows, cols) maps at the working ``shape``, averaged over ``params.tta_scales`` and ``tta_flip``.
 
@@ -203,11 +204,14 @@ def augmented_maps(
         cytoplasm: (H, W) cell-body signal, or None.
         shape: working (rows, cols); each scale runs at ``shape`` times the scale and is resized back.
         params: the augmentations and tiling.
+        working_input: ``network_input(blue, cytoplasm, shape)`` when the caller has it already (reused for the
+            scales that land on ``shape``).
     """
     total = np.zeros((2 * NUM_CLASSES, *shape), np.float32)
     for scale in params.tta_scales:
         scaled = (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
-        image = network_input(blue, cytoplasm, scaled)
+        reuse = working_input is not None and scaled == shape
+        image = working_input if reuse else network_input(blue, cytoplasm, scaled)
         maps = predict_maps(network, image, params.tile_size, params.tile_overlap)
         if params.tta_flip:
             mirrored = predict_maps(
@@ -319,9 +323,10 @@ class LearnedSegmenter:
             return None
         height, width = blue.shape
         shape = (max(1, round(height * factor)), max(1, round(width * factor)))
-        if float(_normalise(_resize(blue, shape)).max()) <= 0.0:
+        image = network_input(blue, cytoplasm, shape)
+        if float(image[0].max()) <= 0.0:
             return None
-        return augmented_maps(self.network, blue, cytoplasm, shape, self.config), factor
+        return augmented_maps(self.network, blue, cytoplasm, shape, self.config, image), factor
 
     def nuclei(self, blue: np.ndarray) -> np.ndarray:
         """(H, W) uint16 nucleus labels of a nuclear-stain image alone (the cell channel is left empty)."""
