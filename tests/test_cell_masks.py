@@ -25,7 +25,7 @@ from src.cell_masks.cache import (
     shard_ids,
     write_masks,
 )
-from src.cell_masks.classical import segment_classical, segment_nuclei
+from src.cell_masks.classical import estimate_nucleus_diameter, segment_classical, segment_nuclei
 from src.cell_masks.hpacellseg_backend import INSTALL_HINT, check_weights
 from src.cell_masks.quality import f1_score, match_instances
 from src.cell_masks.segment import get_segmenter, segment_image
@@ -136,6 +136,36 @@ def test_dim_nucleus_among_bright_ones_is_found() -> None:
     blue = np.maximum(blue, np.random.default_rng(0).integers(0, 10, blue.shape).astype(np.uint8))
     tp, fp, fn, _ = match_instances(segment_nuclei(blue), truth, 0.5)
     assert (tp, fp, fn) == (9, 0, 0)
+
+
+def embryo(diameter: int = 10) -> np.ndarray:
+    """A dim oval body whose rim is lined with bright nuclei ``diameter`` px wide, 3 px apart (DSB2018 embryos)."""
+    image = np.zeros((512, 512), np.float32)
+    cv2.ellipse(image, (256, 256), (200, 140), 0, 0, 360, 0.25, -1)
+    for ring in (0, 1):
+        a, b = 200 - diameter // 2 - ring * (diameter + 3), 140 - diameter // 2 - ring * (diameter + 3)
+        steps = int(2 * np.pi * np.sqrt((a * a + b * b) / 2) / (diameter + 3))
+        for angle in np.linspace(0, 2 * np.pi, steps, endpoint=False):
+            center = (int(256 + a * np.cos(angle)), int(256 + b * np.sin(angle)))
+            cv2.circle(image, center, diameter // 2, 0.8, -1)
+    return image
+
+
+def test_nucleus_size_of_an_embryo_is_its_nuclei_not_its_body() -> None:
+    # The Otsu foreground is the whole body, one convex blob about 280 px wide; the nuclei on its rim
+    # stand apart in the upper of three Otsu classes.
+    estimate = estimate_nucleus_diameter(embryo(10))
+    assert estimate is not None and 7.0 <= estimate <= 15.0, estimate
+
+
+def test_nucleus_size_of_two_large_nuclei_of_unequal_brightness() -> None:
+    # Too few nuclei for the median area: the inscribed circles give it, and the bright nucleus, alone in the
+    # upper Otsu class and about half as wide, does not make the estimate smaller.
+    image = np.zeros((512, 640), np.float32)
+    cv2.circle(image, (200, 200), 50, 0.45, -1)
+    cv2.circle(image, (450, 300), 28, 0.9, -1)
+    estimate = estimate_nucleus_diameter(image)
+    assert estimate is not None and 80.0 <= estimate <= 130.0, estimate
 
 
 def test_sixteen_bit_png_gives_same_masks_as_eight_bit(tmp_path: Path) -> None:

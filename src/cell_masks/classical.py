@@ -1,7 +1,8 @@
 """Classical nucleus and cell segmentation (no learned weights).
 
 Nuclei come from the blue channel. The typical nucleus size is first estimated on a coarse
-copy (median area of convex Otsu blobs, or inscribed circles when nuclei touch), and the
+copy (median area of convex Otsu blobs; with too few, of the convex blobs of the upper of
+three Otsu classes, or else inscribed circles, about one nucleus wide in clumps), and the
 image is brought to a working scale where a nucleus spans about ``nucleus_diameter_px``
 pixels (0.15-0.25 for 2048 px HPA images, full size for small-nucleus images). There the
 foreground is the smoothed signal above a fraction of its Otsu level and of its local
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.filters import threshold_otsu
+from skimage.filters import threshold_multiotsu, threshold_otsu
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
@@ -120,14 +121,38 @@ def _log_foreground(image: np.ndarray, scale: float) -> tuple[np.ndarray, float]
     return image > level, float(level)
 
 
+def _blob_sizes(coarse: np.ndarray, level: float, single_solidity: float) -> tuple[np.ndarray, np.ndarray]:
+    """Blobs of ``coarse > level``: (largest inscribed radius of each blob, areas of the convex ones).
+
+    Blobs whose inscribed radius is under 2 pixels (specks) are left out of both.
+    """
+    foreground = (coarse > level).astype(np.uint8)
+    count, components = cv2.connectedComponents(foreground, connectivity=8)
+    if count <= 1:
+        return np.zeros(0), np.zeros(0)
+    distance = cv2.distanceTransform(foreground, cv2.DIST_L2, 5)
+    inscribed = ndi.maximum(distance, components, np.arange(1, count))
+    areas = np.bincount(components.ravel())[1:]
+    single = [
+        area
+        for label, (area, radius, region) in enumerate(zip(areas, inscribed, ndi.find_objects(components)), start=1)
+        if radius >= 2.0 and _solidity(components[region] == label) >= single_solidity
+    ]
+    return inscribed[inscribed >= 2.0], np.asarray(single, dtype=float)
+
+
 def estimate_nucleus_diameter(
     blue: np.ndarray, coarse_side: int = 512, single_solidity: float = 0.9, min_singles: int = 3
 ) -> float | None:
     """Typical nucleus diameter in pixels of ``blue``, from the blobs of an Otsu foreground.
 
-    Convex blobs are taken as single nuclei and their median area gives the diameter; when
-    there are too few (dense tissue), the largest inscribed circle of each blob, about one
-    nucleus wide even when nuclei touch in clumps, gives it instead.
+    Convex blobs are taken as single nuclei and their median area gives the diameter. When
+    there are too few (dense tissue, or a few nuclei), the upper of three Otsu classes is
+    tried next: where bright nuclei sit on a dimmer body (an embryo whose nuclei line its
+    surface), they stand apart there. Otherwise the largest inscribed circle of each blob,
+    about one nucleus wide even when nuclei touch in clumps, gives it: of the upper class when
+    that is less than half as wide as of the Otsu foreground (the Otsu blob was the body, not
+    a clump of nuclei), else of the Otsu foreground.
 
     Args:
         blue: (H, W) nuclear stain, float in [0, 1].
@@ -144,27 +169,21 @@ def estimate_nucleus_diameter(
     coarse = cv2.GaussianBlur(coarse, (0, 0), 1.0)
     if float(coarse.max()) - float(coarse.min()) < 0.05:
         return None
-    foreground = (coarse > _otsu(coarse)).astype(np.uint8)
-    count, components = cv2.connectedComponents(foreground, connectivity=8)
-    if count <= 1:
-        return None
-    distance = cv2.distanceTransform(foreground, cv2.DIST_L2, 5)
-    inscribed = ndi.maximum(distance, components, np.arange(1, count))
-    areas = np.bincount(components.ravel())[1:]
-    # Convex blobs are single nuclei: their median area is the best size estimate.
-    single = [
-        area
-        for label, (area, radius, region) in enumerate(zip(areas, inscribed, ndi.find_objects(components)), start=1)
-        if radius >= 2.0 and _solidity(components[region] == label) >= single_solidity
-    ]
-    if len(single) >= min_singles:
+    inscribed, single = _blob_sizes(coarse, _otsu(coarse), single_solidity)
+    if single.size >= min_singles:
         return float(2.0 * np.sqrt(np.median(single) / np.pi) / factor)
-    # Otherwise clumps: the largest inscribed circle of a blob is about one nucleus wide;
-    # 2 x radius, times ~1.15 because nuclei are elongated (inscribed circle < equivalent circle).
-    inscribed = inscribed[inscribed >= 2.0]
-    if inscribed.size == 0:
-        return None
-    return float(2.3 * np.percentile(inscribed, 75) / factor)
+    upper_inscribed, upper_single = _blob_sizes(
+        coarse, float(threshold_multiotsu(coarse, classes=3)[1]), single_solidity
+    )
+    if upper_single.size >= min_singles:
+        return float(2.0 * np.sqrt(np.median(upper_single) / np.pi) / factor)
+    # Clumps: the largest inscribed circle of a blob is about one nucleus wide; 2 x radius,
+    # times ~1.15 because nuclei are elongated (inscribed circle < equivalent circle).
+    width_otsu = np.percentile(inscribed, 75) if inscribed.size else None
+    width_upper = np.percentile(upper_inscribed, 75) if upper_inscribed.size else None
+    if width_upper is not None and (width_otsu is None or width_upper < 0.5 * width_otsu):
+        return float(2.3 * width_upper / factor)
+    return None if width_otsu is None else float(2.3 * width_otsu / factor)
 
 
 def working_shape(shape: tuple[int, int], nucleus_diameter: float, params: ClassicalParams) -> tuple[int, int]:
