@@ -138,23 +138,24 @@ def test_dim_nucleus_among_bright_ones_is_found() -> None:
     assert (tp, fp, fn) == (9, 0, 0)
 
 
-def embryo(diameter: int = 10) -> np.ndarray:
-    """A dim oval body whose rim is lined with bright nuclei ``diameter`` px wide, 3 px apart (DSB2018 embryos)."""
+def embryo(gap: int, blur: float, rings: int, diameter: int = 10) -> np.ndarray:
+    """A dim oval body whose rim is lined with ``rings`` rings of bright nuclei ``gap`` px apart (DSB2018 embryos)."""
     image = np.zeros((512, 512), np.float32)
     cv2.ellipse(image, (256, 256), (200, 140), 0, 0, 360, 0.25, -1)
-    for ring in (0, 1):
-        a, b = 200 - diameter // 2 - ring * (diameter + 3), 140 - diameter // 2 - ring * (diameter + 3)
-        steps = int(2 * np.pi * np.sqrt((a * a + b * b) / 2) / (diameter + 3))
+    for ring in range(rings):
+        a, b = 200 - diameter // 2 - ring * (diameter + gap), 140 - diameter // 2 - ring * (diameter + gap)
+        steps = int(2 * np.pi * np.sqrt((a * a + b * b) / 2) / (diameter + gap))
         for angle in np.linspace(0, 2 * np.pi, steps, endpoint=False):
             center = (int(256 + a * np.cos(angle)), int(256 + b * np.sin(angle)))
             cv2.circle(image, center, diameter // 2, 0.8, -1)
-    return image
+    return cv2.GaussianBlur(image, (0, 0), blur) if blur else image
 
 
-def test_nucleus_size_of_an_embryo_is_its_nuclei_not_its_body() -> None:
-    # The Otsu foreground is the whole body, one convex blob about 280 px wide; the nuclei on its rim
-    # stand apart in the upper of three Otsu classes.
-    estimate = estimate_nucleus_diameter(embryo(10))
+@pytest.mark.parametrize(("gap", "blur", "rings"), [(3, 0.0, 2), (1, 1.5, 3)], ids=["3-classes", "4-classes"])
+def test_nucleus_size_of_an_embryo_is_its_nuclei_not_its_body(gap: int, blur: float, rings: int) -> None:
+    # The Otsu foreground is the whole body, one convex blob about 280 px wide. Nuclei 3 px apart stand apart
+    # in the upper of three Otsu classes; blurred and 1 px apart, only in the upper of four.
+    estimate = estimate_nucleus_diameter(embryo(gap, blur, rings))
     assert estimate is not None and 7.0 <= estimate <= 15.0, estimate
 
 

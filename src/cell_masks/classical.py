@@ -2,7 +2,7 @@
 
 Nuclei come from the blue channel. The typical nucleus size is first estimated on a coarse
 copy (median area of convex Otsu blobs; with too few, of the convex blobs of the upper of
-three Otsu classes, or else inscribed circles, about one nucleus wide in clumps), and the
+three or four Otsu classes, or else inscribed circles, about one nucleus wide in clumps), and the
 image is brought to a working scale where a nucleus spans about ``nucleus_diameter_px``
 pixels (0.15-0.25 for 2048 px HPA images, full size for small-nucleus images). There the
 foreground is the smoothed signal above a fraction of its Otsu level and of its local
@@ -147,9 +147,9 @@ def estimate_nucleus_diameter(
     """Typical nucleus diameter in pixels of ``blue``, from the blobs of an Otsu foreground.
 
     Convex blobs are taken as single nuclei and their median area gives the diameter. When
-    there are too few (dense tissue, or a few nuclei), the upper of three Otsu classes is
-    tried next: where bright nuclei sit on a dimmer body (an embryo whose nuclei line its
-    surface), they stand apart there. Otherwise the largest inscribed circle of each blob,
+    there are too few (dense tissue, or a few nuclei), the upper of three, then of four Otsu
+    classes is tried next: where bright nuclei sit on a dimmer body (an embryo whose nuclei
+    line its surface), they stand apart there. Otherwise the largest inscribed circle of each blob,
     about one nucleus wide even when nuclei touch in clumps, gives it: of the upper class when
     that is less than half as wide as of the Otsu foreground (the Otsu blob was the body, not
     a clump of nuclei), else of the Otsu foreground.
@@ -172,11 +172,12 @@ def estimate_nucleus_diameter(
     inscribed, single = _blob_sizes(coarse, _otsu(coarse), single_solidity)
     if single.size >= min_singles:
         return float(2.0 * np.sqrt(np.median(single) / np.pi) / factor)
-    upper_inscribed, upper_single = _blob_sizes(
-        coarse, float(threshold_multiotsu(coarse, classes=3)[1]), single_solidity
-    )
-    if upper_single.size >= min_singles:
-        return float(2.0 * np.sqrt(np.median(upper_single) / np.pi) / factor)
+    for classes in (3, 4):
+        upper_inscribed, upper_single = _blob_sizes(
+            coarse, float(threshold_multiotsu(coarse, classes=classes)[-1]), single_solidity
+        )
+        if upper_single.size >= min_singles:
+            return float(2.0 * np.sqrt(np.median(upper_single) / np.pi) / factor)
     # Clumps: the largest inscribed circle of a blob is about one nucleus wide; 2 x radius,
     # times ~1.15 because nuclei are elongated (inscribed circle < equivalent circle).
     width_otsu = np.percentile(inscribed, 75) if inscribed.size else None
