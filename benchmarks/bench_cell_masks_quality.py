@@ -83,6 +83,24 @@ def read_dsb(dsb_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return samples
 
 
+def read_dsb_labelled(folder: Path, paths: list[Path] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(id, (H, W) image, (H, W) int32 truth labels) of a ``dsb2018_stage1_train_fluo``-style folder
+    (``images/{id}.png`` + ``label_masks/{id}.png``): every image, or those of ``paths``.
+
+    Raises:
+        FileNotFoundError: an image or its label file is missing or unreadable (the file is named).
+    """
+    samples = []
+    for path in sorted((folder / "images").glob("*.png")) if paths is None else paths:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        labels = cv2.imread(str(folder / "label_masks" / path.name), cv2.IMREAD_UNCHANGED)
+        if image is None or labels is None:
+            raise FileNotFoundError(f"{path}: image or its label_masks file missing or unreadable")
+        gray = image[..., :3].max(axis=-1) if image.ndim == 3 else image
+        samples.append((path.stem, gray, labels.astype(np.int32)))
+    return samples
+
+
 class Tally:
     """Pooled and per-image instance-matching counts."""
 

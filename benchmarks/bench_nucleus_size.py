@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -27,10 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_cell_masks_quality import read_dsb  # noqa: E402
+from bench_cell_masks_quality import read_dsb, read_dsb_labelled  # noqa: E402
 
-from src.cell_masks.classical import _normalise, _resize, estimate_nucleus_diameter  # noqa: E402
-from src.data.io import longer_side_at_most  # noqa: E402
+from src.cell_masks.classical import coarse_nuclear_stain, estimate_nucleus_diameter  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -44,30 +41,23 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def read_folder(folder: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def read_folder(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(id, (H, W) image, (H, W) int32 truth labels) of every image of a DSB2018-layout folder.
 
     Raises:
         FileNotFoundError: the folder holds neither layout (the folder is named).
     """
     if (folder / "images").is_dir() and (folder / "label_masks").is_dir():
-        for path in sorted((folder / "images").glob("*.png")):
-            gray = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            labels = cv2.imread(str(folder / "label_masks" / path.name), cv2.IMREAD_UNCHANGED)
-            if gray is None or labels is None:
-                raise FileNotFoundError(f"{path}: image or its label_masks file missing or unreadable")
-            yield path.stem, gray[..., :3].max(axis=-1) if gray.ndim == 3 else gray, labels.astype(np.int32)
-    elif folder.is_dir() and any(p.is_dir() and (p / "masks").is_dir() for p in folder.iterdir()):
-        yield from read_dsb(folder)
-    else:
-        raise FileNotFoundError(f"{folder}: expected images/ + label_masks/ or <id>/images + <id>/masks")
+        return read_dsb_labelled(folder)
+    if folder.is_dir() and any(p.is_dir() and (p / "masks").is_dir() for p in folder.iterdir()):
+        return read_dsb(folder)
+    raise FileNotFoundError(f"{folder}: expected images/ + label_masks/ or <id>/images + <id>/masks")
 
 
 def size_ratio(gray: np.ndarray, truth: np.ndarray) -> float | None:
     """Estimated over true median nucleus diameter; None when the estimate finds nothing."""
-    height, width = gray.shape
-    coarse_factor = min(1.0, 1024 / max(height, width))
-    estimate = estimate_nucleus_diameter(_normalise(_resize(gray, longer_side_at_most(height, width, 1024))))
+    coarse, coarse_factor = coarse_nuclear_stain(gray)
+    estimate = estimate_nucleus_diameter(coarse)
     areas = np.bincount(truth.ravel())[1:]
     areas = areas[areas > 0]
     if estimate is None or areas.size == 0:

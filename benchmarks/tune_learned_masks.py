@@ -43,7 +43,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from bench_cell_masks_quality import Tally  # noqa: E402
+from bench_cell_masks_quality import Tally, read_dsb_labelled  # noqa: E402
 
 from src.cell_masks.learned import LearnedParams, LearnedSegmenter  # noqa: E402
 from src.cell_masks.learned_net import load_weights  # noqa: E402
@@ -125,12 +125,9 @@ def held_out_paths(paths: list[Path], weights: Path) -> list[Path]:
 def read_dsb_folder(folder: Path, limit: int, held_out_of: Path | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(gray image, int32 labels) of the first ``limit`` images (or those ``held_out_of`` held out of training), read
     as the quality benchmark reads DSB2018."""
-    paths, samples = sorted((folder / "images").glob("*.png")), []
-    for path in held_out_paths(paths, held_out_of) if held_out_of else paths[:limit]:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        gray = image[..., :3].max(axis=-1) if image.ndim == 3 else image
-        labels = cv2.imread(str(folder / "label_masks" / path.name), cv2.IMREAD_UNCHANGED).astype(np.int32)
-        samples.append((gray, labels))
+    paths = sorted((folder / "images").glob("*.png"))
+    chosen = held_out_paths(paths, held_out_of) if held_out_of else paths[:limit]
+    samples = [(gray, labels) for _, gray, labels in read_dsb_labelled(folder, chosen)]
     if not samples:
         raise SystemExit(f"--dsb_dir {folder}: no images/*.png")
     return samples

@@ -121,6 +121,18 @@ def _log_foreground(image: np.ndarray, scale: float) -> tuple[np.ndarray, float]
     return image > level, float(level)
 
 
+def coarse_nuclear_stain(blue: np.ndarray, side: int = 1024) -> tuple[np.ndarray, float]:
+    """The nuclear stain shrunk to at most ``side`` px (area average), then normalised to [0, 1], and the factor.
+
+    Both backends estimate the nucleus size on this copy; normalising after shrinking keeps the percentiles cheap.
+
+    Returns:
+        ((h, w) float32 in [0, 1], shrink factor from the original, at most 1).
+    """
+    height, width = blue.shape
+    return _normalise(_resize(blue, longer_side_at_most(height, width, side))), min(1.0, side / max(height, width))
+
+
 def _blob_sizes(coarse: np.ndarray, level: float, single_solidity: float) -> tuple[np.ndarray, np.ndarray]:
     """Blobs of ``coarse > level``: (largest inscribed radius of each blob, areas of the convex ones).
 
@@ -179,7 +191,8 @@ def estimate_nucleus_diameter(
         if upper_single.size >= min_singles:
             return float(2.0 * np.sqrt(np.median(upper_single) / np.pi) / factor)
     # Clumps: the largest inscribed circle of a blob is about one nucleus wide; 2 x radius,
-    # times ~1.15 because nuclei are elongated (inscribed circle < equivalent circle).
+    # times ~1.15 because nuclei are elongated (inscribed circle < equivalent circle). The
+    # upper class compared here is the last one tried, of four classes.
     width_otsu = np.percentile(inscribed, 75) if inscribed.size else None
     width_upper = np.percentile(upper_inscribed, 75) if upper_inscribed.size else None
     if width_upper is not None and (width_otsu is None or width_upper < 0.5 * width_otsu):
@@ -377,10 +390,7 @@ def _working_blue(blue: np.ndarray, params: ClassicalParams) -> tuple[np.ndarray
         ((h, w) float32 in [0, 1], diameter in working pixels), or None when no nucleus stands out.
     """
     height, width = blue.shape
-    # Shrink first (area average), then normalise: percentiles on the small copy are cheap.
-    coarse_factor = min(1.0, 1024 / max(height, width))
-    coarse_shape = longer_side_at_most(height, width, 1024)
-    blue_coarse = _normalise(_resize(blue, coarse_shape))
+    blue_coarse, coarse_factor = coarse_nuclear_stain(blue)
     diameter = params.nucleus_diameter
     if diameter is None:
         estimate = estimate_nucleus_diameter(blue_coarse)
@@ -390,7 +400,7 @@ def _working_blue(blue: np.ndarray, params: ClassicalParams) -> tuple[np.ndarray
     elif float(blue_coarse.max()) <= 0.0:
         return None
     shape = working_shape((height, width), diameter, params)
-    source = blue_coarse if shape[0] <= coarse_shape[0] else _normalise(blue)
+    source = blue_coarse if shape[0] <= blue_coarse.shape[0] else _normalise(blue)
     return _resize(source, shape), diameter * shape[0] / height
 
 

@@ -30,12 +30,13 @@ from src.cell_masks.classical import (
     ClassicalParams,
     _normalise,
     _resize,
+    coarse_nuclear_stain,
     estimate_nucleus_diameter,
     relabel_consistent,
     segment_cells_working,
 )
 from src.cell_masks.learned_net import NUM_CLASSES, OUTPUT_STRIDE, WorkingScale, load_weights
-from src.data.io import file_sha256, longer_side_at_most
+from src.data.io import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +111,7 @@ def working_factor(blue: np.ndarray, working: WorkingScale) -> float | None:
         blue: (H, W) nuclear stain, any dtype.
         working: the network's working scale.
     """
-    height, width = blue.shape
-    coarse_factor = min(1.0, 1024 / max(height, width))
-    coarse = _normalise(_resize(blue, longer_side_at_most(height, width, 1024)))
+    coarse, coarse_factor = coarse_nuclear_stain(blue)
     diameter = estimate_nucleus_diameter(coarse)
     if diameter is None:
         return None
